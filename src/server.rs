@@ -24,11 +24,11 @@ use tokio::task::JoinSet;
 
 use crate::auth::BridgeToken;
 use crate::cli::Lifeline;
-use crate::config::Config;
+use crate::config::{Config, Lifecycle, Limits};
 use crate::limits::{BodyState, InFlight, InFlightGuard, RateLimit};
 use crate::policy::{Decision, Deny, DenyCode, LocalEndpoint, Policy, RequestHead, TokenCheck};
 use crate::proxy::respond::{self, X_REQUEST_ID};
-use crate::proxy::{BridgeBody, Forwarder};
+use crate::proxy::{BridgeBody, Forwarded, Forwarder};
 use crate::telemetry::{self, Metrics};
 
 /// After the drain deadline, time allowed for the 503/409 answers to be written before the
@@ -84,11 +84,58 @@ struct ReadyLine<'a> {
     token: Option<&'a str>,
 }
 
+/// Where allowed requests go: the upstream (`serve`) or the relay (gateway transports). The
+/// server does everything before and after: policy, limits, logs, drain.
+pub trait Dispatch: Send + Sync + 'static {
+    /// Handles one allowed request. `deadline` resolves when the drain deadline passes; the
+    /// dispatcher must then answer at once (503 `shutting_down`, or 409 for a dispatched mutation).
+    fn dispatch(
+        &self,
+        method: Method,
+        allow: crate::policy::Allow,
+        body: Incoming,
+        req_state: Arc<BodyState>,
+        deadline: crate::limits::BoxFuture<()>,
+    ) -> impl std::future::Future<Output = Result<Forwarded, Deny>> + Send;
+
+    /// A one-line description for the startup log.
+    fn describe(&self) -> String;
+}
+
+impl Dispatch for Forwarder {
+    fn dispatch(
+        &self,
+        method: Method,
+        allow: crate::policy::Allow,
+        body: Incoming,
+        req_state: Arc<BodyState>,
+        deadline: crate::limits::BoxFuture<()>,
+    ) -> impl std::future::Future<Output = Result<Forwarded, Deny>> + Send {
+        self.forward(method, allow, body, req_state, deadline)
+    }
+
+    fn describe(&self) -> String {
+        format!("upstream {}", self.upstream().display())
+    }
+}
+
+/// What the server needs besides its dispatcher.
+#[derive(Debug)]
+pub struct ServerSettings {
+    pub listen: SocketAddr,
+    pub token: BridgeToken,
+    /// Whether the token was generated (then it is printed on the ready line).
+    pub token_generated: bool,
+    pub policy: Policy,
+    pub limits: Limits,
+    pub lifecycle: Lifecycle,
+}
+
 /// Shared state of the running bridge.
-struct Bridge {
+struct Bridge<D> {
     policy: Policy,
     token: BridgeToken,
-    forwarder: Forwarder,
+    dispatcher: D,
     metrics: Arc<Metrics>,
     rate: RateLimit,
     in_flight: InFlight,
@@ -124,31 +171,9 @@ pub fn write_private_file(path: &std::path::Path, contents: &[u8]) -> std::io::R
 
 /// Runs `serve` until a stop reason; returns it after draining and printing the exit line.
 pub async fn run(config: Config) -> Result<ExitReason, ServeError> {
-    let std_listener =
-        std::net::TcpListener::bind(config.listen).map_err(|source| ServeError::Bind {
-            addr: config.listen,
-            source,
-        })?;
-    std_listener
-        .set_nonblocking(true)
-        .and_then(|()| std_listener.local_addr())
-        .map_err(|source| ServeError::Bind {
-            addr: config.listen,
-            source,
-        })?;
-    let listener = TcpListener::from_std(std_listener).map_err(|source| ServeError::Bind {
-        addr: config.listen,
-        source,
-    })?;
-    let addr = listener.local_addr().map_err(|source| ServeError::Bind {
-        addr: config.listen,
-        source,
-    })?;
-
     let metrics = Arc::new(Metrics::default());
-    let (deadline_tx, deadline_rx) = watch::channel(false);
-    let in_flight_gauge = Arc::new(AtomicU64::new(0));
     let Config {
+        listen,
         upstream,
         credential,
         run_id,
@@ -170,6 +195,50 @@ pub async fn run(config: Config) -> Result<ExitReason, ServeError> {
         &limits,
         metrics.clone(),
     );
+    let settings = ServerSettings {
+        listen,
+        token,
+        token_generated,
+        policy,
+        limits,
+        lifecycle,
+    };
+    serve_with(settings, forwarder, metrics, |_| Ok(())).await
+}
+
+/// Binds the listener. Separate so that callers can report a bind failure before anything else.
+fn bind(listen: SocketAddr) -> Result<(TcpListener, SocketAddr), ServeError> {
+    let err = |source| ServeError::Bind {
+        addr: listen,
+        source,
+    };
+    let std_listener = std::net::TcpListener::bind(listen).map_err(err)?;
+    std_listener.set_nonblocking(true).map_err(err)?;
+    let listener = TcpListener::from_std(std_listener).map_err(err)?;
+    let addr = listener.local_addr().map_err(err)?;
+    Ok((listener, addr))
+}
+
+/// Runs the agent-facing server with any dispatcher until a stop reason. `on_bound` runs after
+/// the listener is bound and before the readiness line (the queue gateway writes `ready.json`).
+pub async fn serve_with<D: Dispatch>(
+    settings: ServerSettings,
+    dispatcher: D,
+    metrics: Arc<Metrics>,
+    on_bound: impl FnOnce(SocketAddr) -> Result<(), ServeError>,
+) -> Result<ExitReason, ServeError> {
+    let (listener, addr) = bind(settings.listen)?;
+    let (deadline_tx, deadline_rx) = watch::channel(false);
+    let in_flight_gauge = Arc::new(AtomicU64::new(0));
+    let ServerSettings {
+        token,
+        token_generated,
+        policy,
+        limits,
+        lifecycle,
+        ..
+    } = settings;
+    on_bound(addr)?;
     let ready = ReadyLine {
         event: "ready",
         url: format!("http://{addr}"),
@@ -186,7 +255,7 @@ pub async fn run(config: Config) -> Result<ExitReason, ServeError> {
     let bridge = Arc::new(Bridge {
         policy,
         token,
-        forwarder,
+        dispatcher,
         metrics: metrics.clone(),
         rate: RateLimit::new(limits.rate),
         in_flight: InFlight::new(limits.max_in_flight, in_flight_gauge),
@@ -197,7 +266,7 @@ pub async fn run(config: Config) -> Result<ExitReason, ServeError> {
     print_line(&ready)?;
     tracing::info!(
         listen = %addr,
-        upstream = %bridge.forwarder.upstream().display(),
+        to = %bridge.dispatcher.describe(),
         "ready"
     );
 
@@ -279,9 +348,9 @@ async fn drain(conns: &mut JoinSet<()>) {
 }
 
 /// Starts the watchers that end the process: signals, lifeline, lifetime, idle.
-fn spawn_lifecycle(
-    lifecycle: &crate::config::Lifecycle,
-    bridge: &Arc<Bridge>,
+fn spawn_lifecycle<D: Dispatch>(
+    lifecycle: &Lifecycle,
+    bridge: &Arc<Bridge<D>>,
     stop: mpsc::Sender<ExitReason>,
 ) {
     {
@@ -436,15 +505,10 @@ fn raw_target(uri: &http::Uri) -> std::borrow::Cow<'_, str> {
     )
 }
 
-impl Bridge {
+impl<D: Dispatch> Bridge<D> {
     fn touch(&self) {
         let ms = self.started.elapsed().as_millis() as u64;
         self.last_activity_ms.store(ms, Ordering::Relaxed);
-    }
-
-    async fn deadline_passed(&self) {
-        let mut rx = self.deadline.clone();
-        let _ = rx.wait_for(|d| *d).await;
     }
 
     /// The per-request pipeline, in SPEC §4 order: policy (token, method, target, route,
@@ -495,14 +559,15 @@ impl Bridge {
                     slot = Some(guard);
                     let req_state = Arc::new(BodyState::default());
                     record.req_state = Some(req_state.clone());
+                    let deadline = self.deadline.clone();
                     match self
-                        .forwarder
-                        .forward(
+                        .dispatcher
+                        .dispatch(
                             parts.method.clone(),
                             allow,
                             body,
                             req_state,
-                            self.deadline_passed(),
+                            Box::pin(deadline_passed(deadline)),
                         )
                         .await
                     {
@@ -542,6 +607,11 @@ impl Bridge {
             },
         )
     }
+}
+
+/// Resolves when the drain deadline passes.
+async fn deadline_passed(mut rx: watch::Receiver<bool>) {
+    let _ = rx.wait_for(|d| *d).await;
 }
 
 /// Milliseconds with microsecond precision, for log fields.
