@@ -23,6 +23,13 @@ pub struct Cli {
 pub enum Command {
     /// Direct mode: loopback listener -> policy -> one upstream (SPEC §1).
     Serve(ServeArgs),
+    /// Inside the sandbox: loopback listener for the agent; hands requests to the relay.
+    Gateway(GatewayArgs),
+    /// On the host: the other end of a gateway; applies the policy and forwards upstream.
+    Relay(RelayArgs),
+    /// Sandbox-side helper used by the queue relay (`--sandbox-helper`); not for direct use.
+    #[command(hide = true)]
+    Queue(QueueHelperArgs),
     /// Load and validate the configuration, print the compiled policy; exit 0 or 2.
     Check(ServeArgs),
     /// Print the policy decision for one request as JSON, without sending anything.
@@ -213,6 +220,83 @@ pub struct ProxyOptions {
 }
 
 pub type ServeArgs = ProxyOptions;
+
+/// How a gateway and its relay talk (SPEC §6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum TransportKind {
+    /// File queue in the sandbox, driven by one-shot commands (Paperclip `queue_v1`).
+    Queue,
+    /// HTTP/2 over a long-running command's stdin/stdout (Paperclip `http2_v1`).
+    Stdio,
+}
+
+/// How the stdio gateway receives its bridge token and nonce.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Handshake {
+    /// From the environment (`CALLBACK_BRIDGE_TOKEN`, `CALLBACK_BRIDGE_NONCE` or the
+    /// `PAPERCLIP_BRIDGE_*` aliases).
+    Env,
+    /// From one JSON line `{"token":…,"nonce":…}` on stdin, read before anything else.
+    Stdin,
+}
+
+#[derive(Debug, Args)]
+pub struct GatewayArgs {
+    /// Transport to the relay (PAPERCLIP_API_BRIDGE_MODE=queue_v1|http2_v1 is accepted too)
+    #[arg(long, env = "CALLBACK_BRIDGE_TRANSPORT", value_name = "KIND")]
+    pub transport: Option<TransportKind>,
+    /// Queue directory (queue transport; alias PAPERCLIP_BRIDGE_QUEUE_DIR)
+    #[arg(long, env = "CALLBACK_BRIDGE_QUEUE_DIR", value_name = "DIR")]
+    pub queue_dir: Option<PathBuf>,
+    /// Where the bridge token and nonce come from (stdio transport) [default: env]
+    #[arg(long, env = "CALLBACK_BRIDGE_HANDSHAKE", value_name = "HOW")]
+    pub handshake: Option<Handshake>,
+    /// How long to wait for the relay's response (alias PAPERCLIP_BRIDGE_RESPONSE_TIMEOUT_MS) [default: 30s]
+    #[arg(
+        long,
+        env = "CALLBACK_BRIDGE_RESPONSE_TIMEOUT",
+        value_name = "DURATION"
+    )]
+    pub response_timeout: Option<DurationArg>,
+    /// Poll interval when inotify is unavailable, at most 10ms (alias PAPERCLIP_BRIDGE_POLL_INTERVAL_MS) [default: 10ms]
+    #[arg(long, env = "CALLBACK_BRIDGE_POLL_INTERVAL", value_name = "DURATION")]
+    pub poll_interval: Option<DurationArg>,
+    /// Request files that may wait at once; beyond -> 503 queue_full (alias PAPERCLIP_BRIDGE_MAX_QUEUE_DEPTH) [default: 64]
+    #[arg(long, env = "CALLBACK_BRIDGE_MAX_QUEUE_DEPTH", value_name = "N")]
+    pub max_queue_depth: Option<usize>,
+    #[command(flatten)]
+    pub options: ProxyOptions,
+}
+
+#[derive(Debug, Args)]
+pub struct RelayArgs {
+    /// Transport to the gateway
+    #[arg(long, env = "CALLBACK_BRIDGE_TRANSPORT", value_name = "KIND")]
+    pub transport: Option<TransportKind>,
+    /// Queue directory inside the sandbox (queue transport)
+    #[arg(long, env = "CALLBACK_BRIDGE_QUEUE_DIR", value_name = "DIR")]
+    pub queue_dir: Option<PathBuf>,
+    /// Path of callback-bridge inside the sandbox; used instead of sh+coreutils when given (queue)
+    #[arg(long, env = "CALLBACK_BRIDGE_SANDBOX_HELPER", value_name = "PATH")]
+    pub sandbox_helper: Option<String>,
+    /// How the gateway gets its token and nonce (stdio) [default: env]
+    #[arg(long, env = "CALLBACK_BRIDGE_HANDSHAKE", value_name = "HOW")]
+    pub handshake: Option<Handshake>,
+    #[command(flatten)]
+    pub options: ProxyOptions,
+    /// The exec prefix (queue: e.g. `sh -c`, `docker exec -i C sh -c`) or the command that starts
+    /// the gateway (stdio), after `--`
+    #[arg(last = true, required = true, value_name = "COMMAND")]
+    pub command: Vec<String>,
+}
+
+/// Hidden sandbox-side operations of the queue relay (run inside the sandbox).
+#[derive(Debug, Args)]
+pub struct QueueHelperArgs {
+    /// The operation and its arguments
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    pub args: Vec<String>,
+}
 
 #[derive(Debug, Args)]
 pub struct ExplainArgs {

@@ -15,6 +15,7 @@ pub mod policy;
 pub mod proxy;
 pub mod server;
 pub mod telemetry;
+pub mod transport;
 
 /// Version and git commit, for `--version`.
 pub const VERSION: &str = concat!(

@@ -19,6 +19,9 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Command::Serve(opts) => serve(opts),
+        Command::Gateway(args) => transport_exit(callback_bridge::transport::gateway(args)),
+        Command::Relay(args) => transport_exit(callback_bridge::transport::relay(args)),
+        Command::Queue(args) => transport_exit(callback_bridge::transport::queue_helper(args)),
         Command::Check(opts) => match opts.with_file().and_then(commands::check) {
             Ok(text) => {
                 print!("{text}");
@@ -46,6 +49,19 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+    }
+}
+
+fn transport_exit(result: Result<(), callback_bridge::transport::TransportError>) -> ExitCode {
+    use callback_bridge::transport::TransportError;
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(TransportError::Config(e)) => usage_error(&e),
+        Err(TransportError::Usage(e)) => usage_error(&e),
+        Err(e) => {
+            eprintln!("callback-bridge: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 
