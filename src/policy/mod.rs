@@ -34,7 +34,7 @@ use http::{HeaderMap, Method, StatusCode};
 
 pub use headers::{content_type_allowed, HeaderRules, HeaderRulesError};
 pub use routes::{Route, RouteTable, RoutesError};
-pub use target::{RequestTarget, TargetError};
+pub use target::{RequestTarget, TargetError, TargetPart};
 
 use crate::auth::BridgeToken;
 
@@ -221,7 +221,8 @@ pub struct Allow {
     pub target: String,
     /// Body framing as declared by the request.
     pub body: BodyKind,
-    /// Largest body this route accepts (route limit or the global one).
+    /// Largest body this route accepts: the route's limit capped at the global one. The server
+    /// enforces it on chunked bodies while streaming (SPEC §4 step 8).
     pub max_body_bytes: u64,
     /// The allowlisted request headers, to be forwarded (credential and host not yet set).
     pub headers: HeaderMap,

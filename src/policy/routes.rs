@@ -42,7 +42,7 @@ pub struct Route {
     /// Accepted request content types (lower case `type/subtype`, or `type/*+suffix`);
     /// `None` means the JSON default of [`super::headers::content_type_allowed`].
     pub content_types: Option<Vec<String>>,
-    /// Per-route body limit; `None` means the global limit.
+    /// Per-route body limit; it can only lower the global limit. `None` means the global limit.
     pub max_body_bytes: Option<u64>,
 }
 
@@ -403,29 +403,7 @@ fn compile_segment(raw: &str) -> Result<Segment, &'static str> {
 /// `%`): a literal is compared with raw bytes, so an escape in it could never be matched
 /// canonically.
 fn check_literal(text: &str) -> Result<(), &'static str> {
-    let ok = text.bytes().all(|b| {
-        b.is_ascii_alphanumeric()
-            || matches!(
-                b,
-                b'-' | b'.'
-                    | b'_'
-                    | b'~'
-                    | b'!'
-                    | b'$'
-                    | b'&'
-                    | b'\''
-                    | b'('
-                    | b')'
-                    | b'*'
-                    | b'+'
-                    | b','
-                    | b';'
-                    | b'='
-                    | b':'
-                    | b'@'
-            )
-    });
-    if ok {
+    if text.bytes().all(super::target::is_pchar) {
         Ok(())
     } else {
         Err("literals use only unreserved characters, sub-delims, ':' and '@' (no '%', '{', '}')")
@@ -435,9 +413,11 @@ fn check_literal(text: &str) -> Result<(), &'static str> {
 // ---------------------------------------------------------------------------------------------
 // Matching tree
 
-/// A node of the segment tree. Children are tried most specific first: literals (exact, by
-/// binary search), then parameters with a suffix (longest suffix first), then the bare
-/// parameter. `ends` lists the routes whose template ends here.
+/// A node of the segment tree. Children are tried most specific first: literals (exact), then
+/// parameters with a suffix (longest suffix first), then the bare parameter. `ends` lists the
+/// routes whose template ends here. Literals are few per node (at most a dozen in Paperclip's
+/// table) and mostly differ in length, so a linear scan that compares lengths first beats a
+/// binary search of string comparisons.
 #[derive(Debug, Clone, Default)]
 struct Node {
     literals: Vec<(Box<str>, Node)>,
@@ -471,15 +451,14 @@ impl Node {
             return Ok(());
         };
         let child = match first {
-            Segment::Literal(text) => {
-                match self.literals.binary_search_by(|(k, _)| (**k).cmp(text)) {
-                    Ok(i) => &mut self.literals[i].1,
-                    Err(i) => {
-                        self.literals.insert(i, (text.clone(), Node::default()));
-                        &mut self.literals[i].1
-                    }
+            Segment::Literal(text) => match self.literals.iter().position(|(k, _)| k == text) {
+                Some(i) => &mut self.literals[i].1,
+                None => {
+                    self.literals.push((text.clone(), Node::default()));
+                    let last = self.literals.len() - 1;
+                    &mut self.literals[last].1
                 }
-            }
+            },
             Segment::Param { suffix } if suffix.is_empty() => {
                 self.param.get_or_insert_with(Box::default).as_mut()
             }
@@ -500,24 +479,29 @@ impl Node {
 
     /// `rest` is the path after the `/` that leads to this node's children.
     fn find(&self, rest: &str, method: &Method, routes: &[Route]) -> Option<usize> {
-        let (segment, tail) = match rest.find('/') {
-            Some(i) => (&rest[..i], Some(&rest[i + 1..])),
-            None => (rest, None),
-        };
-        if segment.is_empty() {
+        let bytes = rest.as_bytes();
+        let end = bytes.iter().position(|&b| b == b'/').unwrap_or(bytes.len());
+        if end == 0 {
             return None;
         }
+        let segment = &bytes[..end];
+        // `rest[end]` is '/' (ASCII) when present, so both slices are on char boundaries.
+        let tail = (end < bytes.len()).then(|| &rest[end + 1..]);
         let descend = |child: &Node| match tail {
             Some(tail) => child.find(tail, method, routes),
             None => child.end(method, routes),
         };
-        if let Ok(i) = self.literals.binary_search_by(|(k, _)| (**k).cmp(segment)) {
-            if let Some(found) = descend(&self.literals[i].1) {
+        let literal = self
+            .literals
+            .iter()
+            .find(|(k, _)| k.len() == segment.len() && k.as_bytes() == segment);
+        if let Some((_, child)) = literal {
+            if let Some(found) = descend(child) {
                 return Some(found);
             }
         }
         for (suffix, child) in &self.suffixed {
-            if segment.len() > suffix.len() && segment.ends_with(&**suffix) {
+            if segment.len() > suffix.len() && segment.ends_with(suffix.as_bytes()) {
                 if let Some(found) = descend(child) {
                     return Some(found);
                 }

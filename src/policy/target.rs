@@ -166,27 +166,40 @@ fn has_scheme(bytes: &[u8]) -> bool {
 }
 
 /// RFC 3986 `pchar` minus `%` (escapes are handled separately): unreserved, sub-delims, `:`, `@`.
-fn is_pchar(b: u8) -> bool {
-    b.is_ascii_alphanumeric()
-        || matches!(
-            b,
-            b'-' | b'.'
-                | b'_'
-                | b'~'
-                | b'!'
-                | b'$'
-                | b'&'
-                | b'\''
-                | b'('
-                | b')'
-                | b'*'
-                | b'+'
-                | b','
-                | b';'
-                | b'='
-                | b':'
-                | b'@'
-        )
+/// A table, because this runs once per path byte.
+const PCHAR: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        table[b] = c.is_ascii_alphanumeric()
+            || matches!(
+                c,
+                b'-' | b'.'
+                    | b'_'
+                    | b'~'
+                    | b'!'
+                    | b'$'
+                    | b'&'
+                    | b'\''
+                    | b'('
+                    | b')'
+                    | b'*'
+                    | b'+'
+                    | b','
+                    | b';'
+                    | b'='
+                    | b':'
+                    | b'@'
+            );
+        b += 1;
+    }
+    table
+};
+
+/// Whether `b` may appear unencoded in a path segment (and in a route template literal).
+pub(crate) fn is_pchar(b: u8) -> bool {
+    PCHAR[usize::from(b)]
 }
 
 fn hex_value(b: u8) -> Option<u8> {
@@ -209,59 +222,68 @@ fn escape_at(bytes: &[u8], i: usize) -> Result<u8, TargetError> {
     }
 }
 
-/// Tracks whether the segment being scanned is a dot segment once decoded. Only the part before
-/// the first `;` counts, so that `..;x` (a dot segment to Tomcat-style servers) is caught too.
-#[derive(Clone, Copy)]
-struct DotState {
-    dots: usize,
-    only_dots: bool,
-    in_params: bool,
-}
-
-impl DotState {
-    const NEW: DotState = DotState {
-        dots: 0,
-        only_dots: true,
-        in_params: false,
+/// Whether a segment (whose escapes are already validated) is `.` or `..` once decoded, looking
+/// only at the part before the first `;` so that `..;x` (a dot segment to Tomcat-style servers)
+/// counts too. A dot segment must decode to a leading `.`, so most segments are rejected by
+/// their first byte without decoding.
+fn is_dot_segment(segment: &[u8]) -> bool {
+    let starts_with_dot = match segment {
+        [b'.', ..] => true,
+        [b'%', b'2', e, ..] => e.eq_ignore_ascii_case(&b'e'),
+        _ => false,
     };
-
-    fn push(&mut self, decoded: u8) {
-        if self.in_params {
-            return;
-        }
+    if !starts_with_dot {
+        return false;
+    }
+    let mut dots = 0;
+    let mut i = 0;
+    while i < segment.len() {
+        let decoded = match segment[i] {
+            b'%' => match escape_at(segment, i) {
+                Ok(decoded) => {
+                    i += 3;
+                    decoded
+                }
+                Err(_) => return false,
+            },
+            raw => {
+                i += 1;
+                raw
+            }
+        };
         match decoded {
-            b'.' => self.dots += 1,
-            b';' => self.in_params = true,
-            _ => self.only_dots = false,
+            b'.' if dots < 2 => dots += 1,
+            b';' => break,
+            _ => return false,
         }
     }
-
-    fn is_dot_segment(self) -> bool {
-        self.only_dots && (self.dots == 1 || self.dots == 2)
-    }
+    dots > 0
 }
 
 /// Scans the path (starting with `/`, no `?`) byte by byte.
 fn check_path(bytes: &[u8]) -> Result<(), TargetError> {
-    let mut dot = DotState::NEW;
     let mut high_escape = false;
+    let mut segment_start = 1;
     // Index 0 is the leading '/', checked by the caller.
     let mut i = 1;
     while i < bytes.len() {
         let b = bytes[i];
+        if is_pchar(b) {
+            i += 1;
+            continue;
+        }
         match b {
             b'/' => {
                 if bytes[i - 1] == b'/' {
                     return Err(TargetError::EmptySegment);
                 }
-                if dot.is_dot_segment() {
+                if is_dot_segment(&bytes[segment_start..i]) {
                     return Err(TargetError::DotSegment);
                 }
-                dot = DotState::NEW;
+                segment_start = i + 1;
             }
             b'%' => {
-                let decoded = escape_at(bytes, i)?;
-                match decoded {
+                match escape_at(bytes, i)? {
                     b'/' => return Err(TargetError::EncodedSlash),
                     b'\\' => return Err(TargetError::EncodedBackslash),
                     0 => return Err(TargetError::Nul),
@@ -274,7 +296,6 @@ fn check_path(bytes: &[u8]) -> Result<(), TargetError> {
                     0x80.. => high_escape = true,
                     _ => {}
                 }
-                dot.push(decoded);
                 i += 3;
                 continue;
             }
@@ -284,7 +305,6 @@ fn check_path(bytes: &[u8]) -> Result<(), TargetError> {
             b' ' => return Err(TargetError::Space(TargetPart::Path)),
             b'#' => return Err(TargetError::Fragment),
             0x80.. => return Err(TargetError::NonAscii),
-            _ if is_pchar(b) => dot.push(b),
             _ => {
                 return Err(TargetError::DisallowedChar {
                     part: TargetPart::Path,
@@ -294,7 +314,7 @@ fn check_path(bytes: &[u8]) -> Result<(), TargetError> {
         }
         i += 1;
     }
-    if dot.is_dot_segment() {
+    if is_dot_segment(&bytes[segment_start.min(bytes.len())..]) {
         return Err(TargetError::DotSegment);
     }
     if high_escape && !decodes_to_utf8(bytes) {
