@@ -219,6 +219,10 @@ pub async fn relay(
     });
 
     let recovered = start_up(&core).await?;
+    // Watchers (signal handlers included) exist before the ready line: a SIGTERM right after
+    // readiness must stop the relay cleanly, not kill it.
+    let (stop_tx, stop_rx) = mpsc::channel(4);
+    spawn_lifecycle(&lifecycle, &core, stop_tx);
     #[derive(serde::Serialize)]
     struct ReadyLine<'a> {
         event: &'static str,
@@ -236,8 +240,6 @@ pub async fn relay(
     print_line(&line).map_err(TransportError::from)?;
     tracing::info!(queue = %core.dir, prefix = ?core.runner.prefix(), to = %core.forwarder.upstream().display(), "relay ready");
 
-    let (stop_tx, stop_rx) = mpsc::channel(4);
-    spawn_lifecycle(&lifecycle, &core, stop_tx);
     let mut lp = Loop::new(core.clone(), stop_rx, deadline_tx, limits.drain_timeout);
     lp.accept(recovered, true);
     let reason = lp.run().await?;
@@ -952,13 +954,14 @@ async fn forward(core: Arc<Core>, job: Job) -> Ready {
 /// Signals, lifeline, lifetime and idle limits: each sends its reason once.
 fn spawn_lifecycle(lifecycle: &Lifecycle, core: &Arc<Core>, stop: mpsc::Sender<ExitReason>) {
     {
+        use tokio::signal::unix::{signal, SignalKind};
+        let handlers = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        );
         let stop = stop.clone();
         tokio::spawn(async move {
-            use tokio::signal::unix::{signal, SignalKind};
-            let (Ok(mut term), Ok(mut int)) = (
-                signal(SignalKind::terminate()),
-                signal(SignalKind::interrupt()),
-            ) else {
+            let (Ok(mut term), Ok(mut int)) = handlers else {
                 tracing::error!("cannot install signal handlers");
                 return;
             };
