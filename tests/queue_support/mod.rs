@@ -490,8 +490,9 @@ impl Sandbox {
         p
     }
 
-    /// Writes a counting exec prefix: it logs each command's first line (the operation), the
-    /// number of queue entries it carried, its argv and environment, then runs `sh -c`.
+    /// Writes a counting exec prefix (`count.sh -c`, used like `sh -c`): it logs each command's
+    /// first line (the operation), the number of queue entries it carried, its argv and
+    /// environment, and runs the script with `sh -c`.
     pub fn counting_prefix(&self) -> Vec<String> {
         let log = self.path("commands.log");
         let env_log = self.path("commands.env");
@@ -499,6 +500,7 @@ impl Sandbox {
             r#"#!/bin/sh
 env >> '{env}'
 printf 'ARGV %s\n' "$0" "$@" >> '{env}'
+[ "$1" = -c ] && shift
 op=$(printf '%s\n' "$1" | sed -n 1p)
 out=$(sh -c "$1"); rc=$?
 n=$(printf '%s\n' "$out" | grep -c '^:[FBW] ')
@@ -513,7 +515,7 @@ exit $rc
         std::fs::write(&path, script).unwrap();
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
-        vec![path.display().to_string()]
+        vec![path.display().to_string(), "-c".to_owned()]
     }
 
     /// The counting prefix's log: (operation, entries carried) per command.

@@ -30,6 +30,7 @@ struct Opts {
     max_bytes: u64,
     envelope: u64,
     announce: Option<String>,
+    relay_json: Option<String>,
 }
 
 fn usage(msg: impl Into<String>) -> TransportError {
@@ -61,6 +62,7 @@ fn parse(args: &[String]) -> Result<Opts, TransportError> {
             "--max-bytes" => o.max_bytes = num(value()?)?,
             "--envelope" => o.envelope = num(value()?)?,
             "--announce" => o.announce = Some(value()?),
+            "--relay-json" => o.relay_json = Some(value()?),
             other => return Err(usage(format!("unknown option {other:?}"))),
         }
     }
@@ -143,6 +145,21 @@ fn emit(
         if !big && taken > 0 && bytes.saturating_add(size) > o.max_bytes {
             writeln!(out, ":M")?;
             break;
+        }
+        if claim {
+            if let Some(expected) = &o.relay_json {
+                match fs::read(dir.join("..").join("relay.json")) {
+                    Ok(cur) if cur == expected.as_bytes() => {}
+                    Ok(_) => {
+                        writeln!(out, ":R other")?;
+                        break;
+                    }
+                    Err(_) => {
+                        writeln!(out, ":R missing")?;
+                        break;
+                    }
+                }
+            }
         }
         let path = dir.join(format!("{id}{suffix}"));
         let file = if claim {
@@ -321,6 +338,7 @@ mod tests {
             max_bytes: 1 << 20,
             envelope: 1 << 20,
             announce: None,
+            relay_json: None,
         }
     }
 

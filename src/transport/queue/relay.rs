@@ -29,7 +29,7 @@ use super::file::{
     self, decode_body, encode_body, envelope_limit, FileError, RelayAnnouncement, RequestFile,
     ResponseFile, CLAIMS_PROTOCOL,
 };
-use super::scripts::{self, Ops, PutOutput, TakeOutput, TakeParams, Taken};
+use super::scripts::{self, Announcement, Ops, PutOutput, TakeOutput, TakeParams, Taken};
 use crate::cli::{Lifeline, RelayArgs};
 use crate::config::{Config, Lifecycle};
 use crate::limits::{BodyError, BodyState, RateLimit};
@@ -122,6 +122,9 @@ struct Core {
     metrics: Arc<Metrics>,
     max_body_bytes: u64,
     envelope: u64,
+    /// This relay's `relay.json` (protocol, pid, start time): written at start-up, and checked
+    /// by every take before it claims.
+    announcement: String,
     deadline: watch::Receiver<bool>,
     /// Milliseconds since `started` of the last request (for `idle_exit`).
     last_activity_ms: AtomicU64,
@@ -213,6 +216,12 @@ pub async fn relay(
         metrics: metrics.clone(),
         max_body_bytes: limits.max_body_bytes,
         envelope: envelope_limit(limits.max_body_bytes),
+        announcement: serde_json::to_string(&RelayAnnouncement {
+            protocol: CLAIMS_PROTOCOL.to_owned(),
+            pid: std::process::id(),
+            started_at: file::now_iso8601(),
+        })
+        .unwrap_or_default(),
         deadline: deadline_rx,
         last_activity_ms: AtomicU64::new(0),
         started: Instant::now(),
@@ -253,6 +262,7 @@ fn take_params(core: &Core, wait: Duration) -> TakeParams {
         max_files: MAX_BATCH_FILES,
         max_bytes: MAX_BATCH_BYTES,
         envelope: core.envelope,
+        relay: Some(core.announcement.clone()),
     }
 }
 
@@ -267,19 +277,13 @@ fn take_stdout_cap(core: &Core) -> usize {
 
 /// The start-up command: directories, `relay.json`, and claims left by a previous relay.
 async fn start_up(core: &Arc<Core>) -> Result<TakeOutput, TransportError> {
-    let announce = serde_json::to_string(&RelayAnnouncement {
-        protocol: CLAIMS_PROTOCOL.to_owned(),
-        pid: std::process::id(),
-        started_at: file::now_iso8601(),
-    })
-    .unwrap_or_default();
     let mut delay = BACKOFF_START;
     let mut last_error = String::new();
     for attempt in 1..=STARTUP_ATTEMPTS {
         let script = scripts::start(
             &core.ops,
             &core.dir,
-            Some(&announce),
+            Some(&core.announcement),
             &take_params(core, Duration::ZERO),
         );
         match core.runner.run(script, None, take_stdout_cap(core)).await {
@@ -327,6 +331,8 @@ struct Loop {
     put_failures: u32,
     failing_since: Option<Instant>,
     recovery_needed: bool,
+    /// `relay.json` vanished: write it again (with the next recovery).
+    announce_needed: bool,
     stopping: Option<(ExitReason, Instant)>,
 }
 
@@ -355,6 +361,7 @@ impl Loop {
             put_failures: 0,
             failing_since: None,
             recovery_needed: false,
+            announce_needed: false,
             stopping: None,
         }
     }
@@ -431,12 +438,13 @@ impl Loop {
         let room = self.backlog.len() < MAX_BATCH_FILES;
         if self.take.is_none() && self.stopping.is_none() && room && now >= self.take_not_before {
             let core = self.core.clone();
-            let recovery = std::mem::take(&mut self.recovery_needed);
+            let announce = std::mem::take(&mut self.announce_needed);
+            let recovery = std::mem::take(&mut self.recovery_needed) || announce;
             let script = if recovery {
                 scripts::start(
                     &core.ops,
                     &core.dir,
-                    None,
+                    announce.then_some(core.announcement.as_str()),
                     &take_params(&core, Duration::ZERO),
                 )
             } else {
@@ -527,7 +535,20 @@ impl Loop {
         };
         let empty = out.items.is_empty();
         let complete = out.complete;
+        let announcement = out.announcement;
         self.accept(out, recovery);
+        match announcement {
+            Some(Announcement::Other) => {
+                return Err(TransportError::Fatal(
+                    "another relay announced itself in relay.json; this one stops".into(),
+                ))
+            }
+            Some(Announcement::Missing) => {
+                tracing::warn!("relay.json vanished from the queue; announcing again");
+                self.announce_needed = true;
+            }
+            None => {}
+        }
         if let Some(error) = error {
             // Some claims may have been made without us seeing them: look for them next.
             self.recovery_needed = true;

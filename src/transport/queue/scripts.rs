@@ -13,6 +13,7 @@
 //! Output protocol, one marker per line:
 //! `:F <id>` then base64 lines then `:E <status>` — a claimed request and its bytes;
 //! `:B <id> <size>` — claimed but larger than the envelope, not read; `:M` — more requests wait;
+//! `:R missing|other` — `relay.json` is not this relay's announcement, nothing more claimed;
 //! `:W <id>` / `:S <id>` / `:X <id>` — response written / skipped (nobody waits, or already
 //! answered) / failed; `:D` — the command finished its work.
 
@@ -73,6 +74,10 @@ pub struct TakeParams {
     pub max_bytes: u64,
     /// Files larger than this are claimed but not read (`:B`).
     pub envelope: u64,
+    /// The claiming relay's `relay.json`: a take claims only while the file still says exactly
+    /// this, so a command left running by a killed relay stops claiming once a new relay has
+    /// announced itself (its requests would otherwise be claimed by nobody alive).
+    pub relay: Option<String>,
 }
 
 /// Environment hygiene shared by every script: a fixed `ls -l` format, no noclobber surprises.
@@ -103,6 +108,15 @@ fn listing_loop(params: &TakeParams, suffix: &str, claim: bool) -> String {
         max_bytes = params.max_bytes,
     );
     if claim {
+        if let Some(relay) = &params.relay {
+            let _ = write!(
+                s,
+                r#"    cur=''; IFS= read -r cur < ../relay.json 2>/dev/null
+    if [ "$cur" != {relay} ]; then if [ -z "$cur" ]; then echo ':R missing'; else echo ':R other'; fi; break; fi
+"#,
+                relay = sh_quote(relay)
+            );
+        }
         s.push_str("    mv -f -- \"$name\" \"$name.claimed\" 2>/dev/null || continue\n    f=\"$name.claimed\"\n");
     } else {
         s.push_str(
@@ -127,7 +141,7 @@ fn listing_loop(params: &TakeParams, suffix: &str, claim: bool) -> String {
 /// prints them; waits up to `wait_ms` for the first one.
 pub fn take(ops: &Ops, dir: &str, p: &TakeParams) -> String {
     if let Ops::Helper(path) = ops {
-        return format!(
+        let mut s = format!(
             "# callback-bridge queue take\nexec {} queue take --dir {} --wait-ms {} --max-files {} --max-bytes {} --envelope {}",
             sh_quote(path),
             sh_quote(dir),
@@ -136,6 +150,10 @@ pub fn take(ops: &Ops, dir: &str, p: &TakeParams) -> String {
             p.max_bytes,
             p.envelope
         );
+        if let Some(relay) = &p.relay {
+            let _ = write!(s, " --relay-json {}", sh_quote(relay));
+        }
+        return s;
     }
     let polls = p.wait_ms / SH_POLL_MS;
     let mut s = String::from("# callback-bridge queue take\n");
@@ -309,6 +327,16 @@ pub struct TakeOutput {
     pub more: bool,
     /// `:D`: the command got to its end (else it was cut off).
     pub complete: bool,
+    /// `:R missing` / `:R other`: `relay.json` is gone / names another relay; nothing more
+    /// was claimed.
+    pub announcement: Option<Announcement>,
+}
+
+/// What a take found in `relay.json` when it was not this relay's announcement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Announcement {
+    Missing,
+    Other,
 }
 
 /// Parses take/recovery output. Unknown lines are ignored; an entry without its `:E 0` is
@@ -353,6 +381,13 @@ pub fn parse_take(out: &[u8]) -> TakeOutput {
                     }
                 }
                 "M" => result.more = true,
+                "R" => {
+                    result.announcement = Some(if words.next() == Some("missing") {
+                        Announcement::Missing
+                    } else {
+                        Announcement::Other
+                    })
+                }
                 "D" => result.complete = true,
                 _ => {}
             }
@@ -453,6 +488,163 @@ mod tests {
             }]
         );
         assert!(!parsed.complete);
+    }
+
+    fn sh(script: &str, stdin: &[u8]) -> Vec<u8> {
+        use std::io::Write;
+        let mut child = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(script)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(stdin).unwrap();
+        child.wait_with_output().unwrap().stdout
+    }
+
+    fn params(relay: Option<&str>) -> TakeParams {
+        TakeParams {
+            wait_ms: 0,
+            max_files: 16,
+            max_bytes: 1 << 20,
+            envelope: 100,
+            relay: relay.map(str::to_owned),
+        }
+    }
+
+    fn queue() -> (tempfile::TempDir, String) {
+        let d = tempfile::tempdir().unwrap();
+        for sub in ["requests", "responses"] {
+            std::fs::create_dir(d.path().join(sub)).unwrap();
+        }
+        let q = d.path().to_str().unwrap().to_owned();
+        (d, q)
+    }
+
+    #[test]
+    fn sh_take_claims_valid_regular_files_oldest_first() {
+        let (d, q) = queue();
+        let r = d.path().join("requests");
+        std::fs::write(d.path().join("relay.json"), "{\"me\":1}").unwrap();
+        std::fs::write(r.join("b.json"), "second").unwrap();
+        let old = std::time::SystemTime::now() - std::time::Duration::from_secs(120);
+        std::fs::write(r.join("z.json"), "first").unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(r.join("z.json"))
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+        std::fs::write(r.join("big.json"), vec![b'x'; 101]).unwrap();
+        std::fs::write(r.join("bad name.json"), "x").unwrap();
+        std::fs::write(r.join("c.json.tmp"), "x").unwrap();
+        std::fs::create_dir(r.join("dir.json")).unwrap();
+        std::os::unix::fs::symlink("/etc/hostname", r.join("link.json")).unwrap();
+        let out = parse_take(&sh(&take(&Ops::Sh, &q, &params(Some("{\"me\":1}"))), b""));
+        assert!(out.complete);
+        let ids: Vec<&str> = out.items.iter().map(Taken::id).collect();
+        assert_eq!(ids[0], "z", "oldest first: {ids:?}");
+        assert_eq!(
+            out.items[0],
+            Taken::File {
+                id: "z".into(),
+                bytes: b"first".to_vec()
+            }
+        );
+        assert!(out.items.contains(&Taken::TooLarge {
+            id: "big".into(),
+            size: 101
+        }));
+        assert!(out.items.contains(&Taken::File {
+            id: "b".into(),
+            bytes: b"second".to_vec()
+        }));
+        assert_eq!(out.items.len(), 3);
+        assert!(r.join("z.json.claimed").exists() && r.join("big.json.claimed").exists());
+        assert!(r.join("bad name.json").exists() && r.join("link.json").exists());
+    }
+
+    #[test]
+    fn sh_take_stops_claiming_once_another_relay_announced_itself() {
+        let (d, q) = queue();
+        let r = d.path().join("requests");
+        std::fs::write(r.join("a.json"), "x").unwrap();
+        std::fs::write(d.path().join("relay.json"), "{\"new\":1}").unwrap();
+        let out = parse_take(&sh(&take(&Ops::Sh, &q, &params(Some("{\"old\":1}"))), b""));
+        assert_eq!(out.announcement, Some(Announcement::Other));
+        assert!(out.items.is_empty());
+        assert!(r.join("a.json").exists(), "not claimed");
+        std::fs::remove_file(d.path().join("relay.json")).unwrap();
+        let out = parse_take(&sh(&take(&Ops::Sh, &q, &params(Some("{\"old\":1}"))), b""));
+        assert_eq!(out.announcement, Some(Announcement::Missing));
+    }
+
+    #[test]
+    fn sh_take_waits_only_for_eligible_files() {
+        let (d, q) = queue();
+        // A directory and a badly named file must not end the wait early.
+        std::fs::create_dir(d.path().join("requests/x.json")).unwrap();
+        std::fs::write(d.path().join("requests/a b.json"), "x").unwrap();
+        let mut p = params(None);
+        p.wait_ms = 30;
+        let out = parse_take(&sh(&take(&Ops::Sh, &q, &p), b""));
+        assert!(out.complete && out.items.is_empty());
+    }
+
+    #[test]
+    fn sh_start_announces_and_lists_unanswered_claims() {
+        let (d, q) = queue();
+        let r = d.path().join("requests");
+        std::fs::write(r.join("open.json.claimed"), "o").unwrap();
+        std::fs::write(r.join("done.json.claimed"), "d").unwrap();
+        std::fs::write(d.path().join("responses/done.json"), "{}").unwrap();
+        let out = parse_take(&sh(
+            &start(&Ops::Sh, &q, Some("{\"a\":\"it's\"}"), &params(None)),
+            b"",
+        ));
+        assert!(out.complete);
+        assert_eq!(
+            out.items,
+            vec![Taken::File {
+                id: "open".into(),
+                bytes: b"o".to_vec()
+            }]
+        );
+        assert!(
+            !r.join("done.json.claimed").exists(),
+            "answered claims are cleaned up"
+        );
+        assert_eq!(
+            std::fs::read_to_string(d.path().join("relay.json")).unwrap(),
+            "{\"a\":\"it's\"}"
+        );
+    }
+
+    #[test]
+    fn sh_put_writes_only_while_claimed_and_unanswered() {
+        let (d, q) = queue();
+        let r = d.path().join("requests");
+        for id in ["a", "big", "c"] {
+            std::fs::write(r.join(format!("{id}.json.claimed")), "x").unwrap();
+        }
+        std::fs::write(d.path().join("responses/c.json"), "earlier").unwrap();
+        let big = format!("{{\"body\":\"{}\"}}", "y".repeat(50_000));
+        let script = put_sh(
+            &q,
+            &[("a", b"{\"q\":\"it's\"}\n"), ("gone", b"{}"), ("c", b"{}")],
+            Some("big"),
+        );
+        let out = parse_put(&sh(&script, big.as_bytes()));
+        assert!(out.complete);
+        assert_eq!(out.written, vec!["big", "a"]);
+        assert_eq!(out.skipped, vec!["gone", "c"]);
+        let read = |n: &str| std::fs::read_to_string(d.path().join("responses").join(n)).unwrap();
+        assert_eq!(read("a.json"), "{\"q\":\"it's\"}\n");
+        assert_eq!(read("big.json"), big);
+        assert_eq!(read("c.json"), "earlier");
+        assert!(!d.path().join("responses/gone.json").exists());
+        assert_eq!(std::fs::read_dir(&r).unwrap().count(), 0, "claims removed");
     }
 
     #[test]
