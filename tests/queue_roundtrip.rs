@@ -150,7 +150,15 @@ fn denials_are_answered_by_the_gateway_without_writing_a_file() {
     // No relay: a request that got as far as the queue would wait for the response timeout.
     let (_gw, url) = sb.gateway(&["--max-body-bytes", "1000"]);
     let json: &[(&str, &str)] = &[("content-type", "application/json")];
-    let cases: &[(&str, &str, &[(&str, &str)], &[u8], u16, &str)] = &[
+    type Case<'a> = (
+        &'a str,
+        &'a str,
+        &'a [(&'a str, &'a str)],
+        &'a [u8],
+        u16,
+        &'a str,
+    );
+    let cases: &[Case] = &[
         (
             "GET",
             "/api/companies/c1/secrets",
