@@ -373,10 +373,14 @@ impl Loop {
                 continue;
             }
             self.core.touch();
+            let id = item.id().to_owned();
             match prepare(&self.core, item, recovered) {
                 Prepared::Answer(ready) => self.ready.push(ready),
                 Prepared::Forward(job) => self.backlog.push_back(*job),
-                Prepared::Drop => {}
+                // Not ours to answer now; a recovery may find it again (a cut-off output).
+                Prepared::Drop => {
+                    self.in_progress.remove(&id);
+                }
             }
         }
         if recovered && out.more {
@@ -503,7 +507,7 @@ impl Loop {
                 let script = scripts::put_sh(
                     &self.core.dir,
                     &items,
-                    stdin_item.as_ref().map(|r| r.id.as_str()),
+                    stdin_item.as_ref().map(|r| (r.id.as_str(), r.json.len())),
                 );
                 let stdin = stdin_item.as_ref().map(|r| r.json.clone());
                 if let Some(r) = stdin_item {

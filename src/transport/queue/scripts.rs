@@ -224,10 +224,12 @@ pub const INLINE_RESPONSE_MAX: usize = 32 * 1024;
 /// Total inline response bytes in one script: under `MAX_ARG_STRLEN` with room for the rest.
 pub const INLINE_SCRIPT_BUDGET: usize = 96 * 1024;
 
-/// Publishes responses: `inline` ones travel in the script, `stdin_id` (if any) is read from the
-/// command's stdin. Each is written only while `requests/<id>.json.claimed` exists and no
-/// response exists; then the `.claimed` files are removed.
-pub fn put_sh(dir: &str, inline: &[(&str, &[u8])], stdin_id: Option<&str>) -> String {
+/// Publishes responses: `inline` ones travel in the script; `stdin` (id, length), if any, is read
+/// from the command's stdin and published only if all its bytes arrived (an exec channel without
+/// stdin, e.g. `docker exec` without `-i`, must not publish an empty answer). Each is written
+/// only while `requests/<id>.json.claimed` exists and no response exists; then the `.claimed`
+/// files are removed.
+pub fn put_sh(dir: &str, inline: &[(&str, &[u8])], stdin: Option<(&str, usize)>) -> String {
     let mut s = String::from("# callback-bridge queue put\n");
     let _ = write!(
         s,
@@ -260,11 +262,13 @@ w() {{
 "#,
         q = sh_quote(dir)
     );
-    if let Some(id) = stdin_id {
+    if let Some((id, len)) = stdin {
         debug_assert!(valid_id(id));
         let _ = write!(
             s,
-            "rm -f -- \"responses/{id}.json.tmp\"\nif cat > \"responses/{id}.json.tmp\"; then pub {id}; else rm -f -- \"responses/{id}.json.tmp\"; echo \":X {id}\"; fi\n"
+            r#"rm -f -- "responses/{id}.json.tmp"
+if cat > "responses/{id}.json.tmp" && set -- $(ls -ln "responses/{id}.json.tmp") && [ "$5" = {len} ]; then pub {id}; else rm -f -- "responses/{id}.json.tmp"; echo ":X {id}"; fi
+"#
         );
     }
     for (id, json) in inline {
@@ -633,7 +637,7 @@ mod tests {
         let script = put_sh(
             &q,
             &[("a", b"{\"q\":\"it's\"}\n"), ("gone", b"{}"), ("c", b"{}")],
-            Some("big"),
+            Some(("big", big.len())),
         );
         let out = parse_put(&sh(&script, big.as_bytes()));
         assert!(out.complete);
@@ -645,6 +649,13 @@ mod tests {
         assert_eq!(read("c.json"), "earlier");
         assert!(!d.path().join("responses/gone.json").exists());
         assert_eq!(std::fs::read_dir(&r).unwrap().count(), 0, "claims removed");
+
+        // A response whose stdin did not arrive whole is not published.
+        std::fs::write(r.join("cut.json.claimed"), "x").unwrap();
+        let out = parse_put(&sh(&put_sh(&q, &[], Some(("cut", 1000))), b"{}"));
+        assert_eq!(out.failed, vec!["cut"]);
+        assert!(!d.path().join("responses/cut.json").exists());
+        assert!(r.join("cut.json.claimed").exists());
     }
 
     #[test]
