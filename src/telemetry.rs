@@ -227,6 +227,9 @@ const LATENCY_BUCKETS: [f64; 12] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0,
 ];
 
+/// (route id or "-", status, deny code or "").
+type OutcomeKey = (std::sync::Arc<str>, u16, &'static str);
+
 /// Process-wide counters. Cheap to update from any task.
 #[derive(Debug, Default)]
 pub struct Metrics {
@@ -237,7 +240,7 @@ pub struct Metrics {
     pub bytes_in: AtomicU64,
     pub bytes_out: AtomicU64,
     /// Count per (route id or "-", status, deny code or "").
-    by_outcome: Mutex<BTreeMap<(std::sync::Arc<str>, u16, &'static str), u64>>,
+    by_outcome: Mutex<BTreeMap<OutcomeKey, u64>>,
     denied: Mutex<BTreeMap<&'static str, u64>>,
     latency_buckets: [AtomicU64; LATENCY_BUCKETS.len()],
     latency_count: AtomicU64,
