@@ -38,6 +38,7 @@ pub enum DenyCode {
     UnsupportedMediaType,
     BodyTooLarge,
     HeadersTooLarge,
+    BodyTimeout,
     RateLimited,
     Overloaded,
     NotFound,
@@ -54,7 +55,7 @@ pub enum DenyCode {
 
 impl DenyCode {
     /// Every code, for tables and metrics.
-    pub const ALL: [DenyCode; 20] = [
+    pub const ALL: [DenyCode; 21] = [
         DenyCode::InvalidToken,
         DenyCode::MethodNotAllowed,
         DenyCode::InvalidPath,
@@ -63,6 +64,7 @@ impl DenyCode {
         DenyCode::UnsupportedMediaType,
         DenyCode::BodyTooLarge,
         DenyCode::HeadersTooLarge,
+        DenyCode::BodyTimeout,
         DenyCode::RateLimited,
         DenyCode::Overloaded,
         DenyCode::NotFound,
@@ -86,6 +88,7 @@ impl DenyCode {
             DenyCode::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             DenyCode::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             DenyCode::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            DenyCode::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             DenyCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             DenyCode::Overloaded
             | DenyCode::ShuttingDown
@@ -110,6 +113,7 @@ impl DenyCode {
             DenyCode::UnsupportedMediaType => "unsupported_media_type",
             DenyCode::BodyTooLarge => "body_too_large",
             DenyCode::HeadersTooLarge => "headers_too_large",
+            DenyCode::BodyTimeout => "body_timeout",
             DenyCode::RateLimited => "rate_limited",
             DenyCode::Overloaded => "overloaded",
             DenyCode::NotFound => "not_found",
@@ -128,10 +132,7 @@ impl DenyCode {
     /// Whether the bridge closes the client connection after answering with this code
     /// (SPEC §4.1: after a 400/401/405/413/431 it generated).
     pub fn closes_connection(self) -> bool {
-        matches!(
-            self.status().as_u16(),
-            400 | 401 | 405 | 413 | 431
-        )
+        matches!(self.status().as_u16(), 400 | 401 | 405 | 408 | 413 | 431)
     }
 }
 
@@ -222,4 +223,53 @@ pub struct Policy {
     pub routes: RouteTable,
     pub headers: HeaderRules,
     pub max_body_bytes: u64,
+}
+
+// TEMPORARY STUB (replaced by the policy branch).
+impl Policy {
+    pub fn new(routes: RouteTable, headers: HeaderRules, max_body_bytes: u64) -> Policy {
+        Policy {
+            routes,
+            headers,
+            max_body_bytes,
+        }
+    }
+    pub fn evaluate(&self, head: &RequestHead<'_>, token: TokenCheck<'_>) -> Decision {
+        if head.target == "/__bridge/health" {
+            return Decision::Local(LocalEndpoint::Health);
+        }
+        if let TokenCheck::Require(t) = token {
+            let ok = head
+                .headers
+                .get(http::header::AUTHORIZATION)
+                .is_some_and(|v| t.verify_authorization(v.as_bytes()));
+            if !ok {
+                return Decision::Deny(Deny::new(
+                    DenyCode::InvalidToken,
+                    "Missing or invalid bridge token",
+                ));
+            }
+        }
+        if head.target == "/__bridge/metrics" {
+            return Decision::Local(LocalEndpoint::Metrics);
+        }
+        let body = match head
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+        {
+            Some(0) | None if head.headers.get(http::header::TRANSFER_ENCODING).is_none() => {
+                BodyKind::None
+            }
+            Some(n) => BodyKind::Length(n),
+            None => BodyKind::Chunked,
+        };
+        Decision::Allow(Allow {
+            route_id: Arc::from("stub"),
+            target: head.target.to_owned(),
+            body,
+            max_body_bytes: self.max_body_bytes,
+            headers: self.headers.filter_request(head.headers),
+        })
+    }
 }

@@ -34,3 +34,8 @@ impl RouteTable {
         &self.routes
     }
 }
+impl RouteTable {
+    pub fn pair_count(&self) -> usize {
+        self.routes.iter().map(|r| r.methods.len()).sum()
+    }
+}

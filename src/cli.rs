@@ -1,0 +1,345 @@
+//! Command-line definitions only: parse, no side effects (ripgrep's "low args").
+//!
+//! Every option of `serve`, `gateway` and `relay` can also come from the TOML config file and from
+//! `CALLBACK_BRIDGE_<OPTION>`; precedence is flag > environment > file > built-in default, and the
+//! merge happens in `config`. Secrets are never accepted here: argv is world-readable in `/proc`.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use serde::Deserialize;
+
+use crate::config::DurationArg;
+
+/// Loopback sidecar proxy that lets a sandboxed agent call its orchestrator's API.
+#[derive(Debug, Parser)]
+#[command(name = "callback-bridge", version = crate::VERSION, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Direct mode: loopback listener -> policy -> one upstream (SPEC §1).
+    Serve(ServeArgs),
+    /// Inside the sandbox: loopback listener for the agent; hands requests to the relay.
+    Gateway(GatewayArgs),
+    /// On the host: the other end of a gateway; applies the policy and forwards upstream.
+    Relay(RelayArgs),
+    /// Sandbox-side helper used by the queue relay (`--sandbox-helper`); not for direct use.
+    #[command(hide = true)]
+    Queue(QueueHelperArgs),
+    /// Print shell completions or the man page, generated from these definitions.
+    #[command(hide = true)]
+    Generate(GenerateArgs),
+    /// Load and validate the configuration, print the compiled policy; exit 0 or 2.
+    Check(ServeArgs),
+    /// Print the policy decision for one request as JSON, without sending anything.
+    Explain(ExplainArgs),
+    /// Exit 0 if GET URL/__bridge/health answers 200 (container health checks).
+    Health(HealthArgs),
+}
+
+/// How the process learns that its parent went away.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Lifeline {
+    /// No lifeline: run until a signal or a limit.
+    None,
+    /// Exit (draining) when stdin reaches end of file.
+    Stdin,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Json,
+    Pretty,
+}
+
+/// The settings of SPEC §2. The same struct is read from the TOML file (serde) and from flags and
+/// environment variables (clap); `None` means "not given here".
+#[derive(Debug, Clone, Default, Args, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProxyOptions {
+    /// TOML configuration file (see config/bridge.toml).
+    #[arg(long, env = "CALLBACK_BRIDGE_CONFIG", value_name = "PATH")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+
+    /// Listen address; must be loopback unless --allow-non-loopback [default: 127.0.0.1:0]
+    #[arg(long, env = "CALLBACK_BRIDGE_LISTEN", value_name = "ADDR")]
+    pub listen: Option<String>,
+
+    /// Allow a listen address that is not loopback [default: false]
+    #[arg(long, env = "CALLBACK_BRIDGE_ALLOW_NON_LOOPBACK", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    pub allow_non_loopback: Option<bool>,
+
+    /// Base URL requests are forwarded to (http or https; no userinfo, query or fragment)
+    /// [default: http://127.0.0.1:3100]
+    #[arg(long, env = "CALLBACK_BRIDGE_UPSTREAM", value_name = "URL")]
+    pub upstream: Option<String>,
+
+    /// Name of the env var holding the upstream credential [default: CALLBACK_BRIDGE_UPSTREAM_TOKEN]
+    #[arg(long, env = "CALLBACK_BRIDGE_UPSTREAM_TOKEN_ENV", value_name = "NAME")]
+    pub upstream_token_env: Option<String>,
+
+    /// File holding the upstream credential (trailing newline stripped); wins over the env var
+    #[arg(long, env = "CALLBACK_BRIDGE_UPSTREAM_TOKEN_FILE", value_name = "PATH")]
+    pub upstream_token_file: Option<PathBuf>,
+
+    /// Header the upstream credential is injected into [default: authorization]
+    #[arg(
+        long,
+        env = "CALLBACK_BRIDGE_UPSTREAM_AUTH_HEADER",
+        value_name = "NAME"
+    )]
+    pub upstream_auth_header: Option<String>,
+
+    /// Prefix written before the credential; empty = raw value [default: Bearer]
+    #[arg(
+        long,
+        env = "CALLBACK_BRIDGE_UPSTREAM_AUTH_SCHEME",
+        value_name = "SCHEME"
+    )]
+    pub upstream_auth_scheme: Option<String>,
+
+    /// Run id injected as x-paperclip-run-id [default: env PAPERCLIP_RUN_ID if set]
+    #[arg(long, env = "CALLBACK_BRIDGE_RUN_ID", value_name = "ID")]
+    pub run_id: Option<String>,
+
+    /// Name of the env var holding the bridge token; generated when absent [default: CALLBACK_BRIDGE_TOKEN]
+    #[arg(long, env = "CALLBACK_BRIDGE_TOKEN_ENV", value_name = "NAME")]
+    pub token_env: Option<String>,
+
+    /// File holding the bridge token (trailing newline stripped); wins over the env var
+    #[arg(long, env = "CALLBACK_BRIDGE_TOKEN_FILE", value_name = "PATH")]
+    pub token_file: Option<PathBuf>,
+
+    /// Routes file replacing the built-in Paperclip allowlist [default: built-in]
+    #[arg(long, env = "CALLBACK_BRIDGE_ROUTES", value_name = "PATH")]
+    pub routes: Option<PathBuf>,
+
+    /// Request headers forwarded upstream, comma-separated
+    /// [default: accept,content-type,if-match,if-none-match,idempotency-key,x-paperclip-github-capability]
+    #[arg(
+        long,
+        env = "CALLBACK_BRIDGE_REQUEST_HEADERS",
+        value_delimiter = ',',
+        value_name = "NAMES"
+    )]
+    pub request_headers: Option<Vec<String>>,
+
+    /// Response headers returned to the agent, comma-separated
+    /// [default: content-type,etag,last-modified,cache-control,location,retry-after,x-paperclip-bridge-outcome]
+    #[arg(
+        long,
+        env = "CALLBACK_BRIDGE_RESPONSE_HEADERS",
+        value_delimiter = ',',
+        value_name = "NAMES"
+    )]
+    pub response_headers: Option<Vec<String>>,
+
+    /// Largest request or response body in bytes [default: 10551296]
+    #[arg(long, env = "CALLBACK_BRIDGE_MAX_BODY_BYTES", value_name = "BYTES")]
+    pub max_body_bytes: Option<u64>,
+
+    /// Concurrent requests; beyond -> 503 overloaded [default: 64]
+    #[arg(long, env = "CALLBACK_BRIDGE_MAX_IN_FLIGHT", value_name = "N")]
+    pub max_in_flight: Option<usize>,
+
+    /// Concurrent client connections; beyond -> not accepted until one closes [default: 256]
+    #[arg(long, env = "CALLBACK_BRIDGE_MAX_CONNECTIONS", value_name = "N")]
+    pub max_connections: Option<usize>,
+
+    /// Token-bucket rate for all callers together; 0 disables [default: 100]
+    #[arg(long, env = "CALLBACK_BRIDGE_RATE_LIMIT_PER_SECOND", value_name = "N")]
+    pub rate_limit_per_second: Option<u32>,
+
+    /// Token-bucket burst [default: 200]
+    #[arg(long, env = "CALLBACK_BRIDGE_RATE_LIMIT_BURST", value_name = "N")]
+    pub rate_limit_burst: Option<u32>,
+
+    /// Time to receive a request head [default: 10s]
+    #[arg(
+        long,
+        env = "CALLBACK_BRIDGE_HEADER_READ_TIMEOUT",
+        value_name = "DURATION"
+    )]
+    pub header_read_timeout: Option<DurationArg>,
+
+    /// Longest gap between request or response body chunks [default: 30s]
+    #[arg(
+        long,
+        env = "CALLBACK_BRIDGE_BODY_IDLE_TIMEOUT",
+        value_name = "DURATION"
+    )]
+    pub body_idle_timeout: Option<DurationArg>,
+
+    /// Time to connect to the upstream [default: 5s]
+    #[arg(
+        long,
+        env = "CALLBACK_BRIDGE_UPSTREAM_CONNECT_TIMEOUT",
+        value_name = "DURATION"
+    )]
+    pub upstream_connect_timeout: Option<DurationArg>,
+
+    /// From sending the request until the upstream response head [default: 30s]
+    #[arg(
+        long,
+        env = "CALLBACK_BRIDGE_UPSTREAM_TIMEOUT",
+        value_name = "DURATION"
+    )]
+    pub upstream_timeout: Option<DurationArg>,
+
+    /// On shutdown, how long in-flight requests may finish [default: 5s]
+    #[arg(long, env = "CALLBACK_BRIDGE_DRAIN_TIMEOUT", value_name = "DURATION")]
+    pub drain_timeout: Option<DurationArg>,
+
+    /// `stdin`: exit (draining) when stdin reaches end of file [default: none]
+    #[arg(long, env = "CALLBACK_BRIDGE_LIFELINE", value_name = "KIND")]
+    pub lifeline: Option<Lifeline>,
+
+    /// Exit after this total time; `off` disables [default: off]
+    #[arg(long, env = "CALLBACK_BRIDGE_MAX_LIFETIME", value_name = "DURATION")]
+    pub max_lifetime: Option<DurationArg>,
+
+    /// Exit after this long with no request; `off` disables [default: off]
+    #[arg(long, env = "CALLBACK_BRIDGE_IDLE_EXIT", value_name = "DURATION")]
+    pub idle_exit: Option<DurationArg>,
+
+    /// Also write the readiness JSON to this path (atomically, mode 0600)
+    #[arg(long, env = "CALLBACK_BRIDGE_READY_FILE", value_name = "PATH")]
+    pub ready_file: Option<PathBuf>,
+
+    /// Log format [default: json when stderr is not a terminal, else pretty]
+    #[arg(long, env = "CALLBACK_BRIDGE_LOG_FORMAT", value_name = "FORMAT")]
+    pub log_format: Option<LogFormat>,
+
+    /// Log level (RUST_LOG also honoured) [default: info]
+    #[arg(long, env = "CALLBACK_BRIDGE_LOG_LEVEL", value_name = "LEVEL")]
+    pub log_level: Option<String>,
+}
+
+pub type ServeArgs = ProxyOptions;
+
+/// How a gateway and its relay talk (SPEC §6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum TransportKind {
+    /// File queue in the sandbox, driven by one-shot commands (Paperclip `queue_v1`).
+    Queue,
+    /// HTTP/2 over a long-running command's stdin/stdout (Paperclip `http2_v1`).
+    Stdio,
+}
+
+/// How the stdio gateway receives its bridge token and nonce.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Handshake {
+    /// From the environment (`CALLBACK_BRIDGE_TOKEN`, `CALLBACK_BRIDGE_NONCE` or the
+    /// `PAPERCLIP_BRIDGE_*` aliases).
+    Env,
+    /// From one JSON line `{"token":…,"nonce":…}` on stdin, read before anything else.
+    Stdin,
+}
+
+#[derive(Debug, Args)]
+pub struct GatewayArgs {
+    /// Transport to the relay (PAPERCLIP_API_BRIDGE_MODE=queue_v1|http2_v1 is accepted too)
+    #[arg(long, env = "CALLBACK_BRIDGE_TRANSPORT", value_name = "KIND")]
+    pub transport: Option<TransportKind>,
+    /// Queue directory (queue transport; alias PAPERCLIP_BRIDGE_QUEUE_DIR)
+    #[arg(long, env = "CALLBACK_BRIDGE_QUEUE_DIR", value_name = "DIR")]
+    pub queue_dir: Option<PathBuf>,
+    /// Where the bridge token and nonce come from (stdio transport) [default: env]
+    #[arg(long, env = "CALLBACK_BRIDGE_HANDSHAKE", value_name = "HOW")]
+    pub handshake: Option<Handshake>,
+    /// How long to wait for the relay's response (alias PAPERCLIP_BRIDGE_RESPONSE_TIMEOUT_MS) [default: 30s]
+    #[arg(
+        long,
+        env = "CALLBACK_BRIDGE_RESPONSE_TIMEOUT",
+        value_name = "DURATION"
+    )]
+    pub response_timeout: Option<DurationArg>,
+    /// Poll interval when inotify is unavailable, at most 10ms (alias PAPERCLIP_BRIDGE_POLL_INTERVAL_MS) [default: 10ms]
+    #[arg(long, env = "CALLBACK_BRIDGE_POLL_INTERVAL", value_name = "DURATION")]
+    pub poll_interval: Option<DurationArg>,
+    /// Request files that may wait at once; beyond -> 503 queue_full (alias PAPERCLIP_BRIDGE_MAX_QUEUE_DEPTH) [default: 64]
+    #[arg(long, env = "CALLBACK_BRIDGE_MAX_QUEUE_DEPTH", value_name = "N")]
+    pub max_queue_depth: Option<usize>,
+    #[command(flatten)]
+    pub options: ProxyOptions,
+}
+
+#[derive(Debug, Args)]
+pub struct RelayArgs {
+    /// Transport to the gateway
+    #[arg(long, env = "CALLBACK_BRIDGE_TRANSPORT", value_name = "KIND")]
+    pub transport: Option<TransportKind>,
+    /// Queue directory inside the sandbox (queue transport)
+    #[arg(long, env = "CALLBACK_BRIDGE_QUEUE_DIR", value_name = "DIR")]
+    pub queue_dir: Option<PathBuf>,
+    /// Path of callback-bridge inside the sandbox; used instead of sh+coreutils when given (queue)
+    #[arg(long, env = "CALLBACK_BRIDGE_SANDBOX_HELPER", value_name = "PATH")]
+    pub sandbox_helper: Option<String>,
+    /// How the gateway gets its token and nonce (stdio) [default: env]
+    #[arg(long, env = "CALLBACK_BRIDGE_HANDSHAKE", value_name = "HOW")]
+    pub handshake: Option<Handshake>,
+    #[command(flatten)]
+    pub options: ProxyOptions,
+    /// The exec prefix (queue: e.g. `sh -c`, `docker exec -i C sh -c`) or the command that starts
+    /// the gateway (stdio), after `--`
+    #[arg(last = true, required = true, value_name = "COMMAND")]
+    pub command: Vec<String>,
+}
+
+/// Hidden sandbox-side operations of the queue relay (run inside the sandbox).
+#[derive(Debug, Args)]
+pub struct QueueHelperArgs {
+    /// The operation and its arguments
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    pub args: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ExplainArgs {
+    /// HTTP method, e.g. GET
+    pub method: String,
+    /// Request target as the agent would send it, e.g. /api/agents/me?x=1
+    pub target: String,
+    /// Request header `name: value` (repeatable). The bridge token is assumed valid.
+    #[arg(short = 'H', long = "header", value_name = "HEADER")]
+    pub headers: Vec<String>,
+    /// Declared body size (sent as Content-Length)
+    #[arg(long, value_name = "N")]
+    pub body_bytes: Option<u64>,
+    #[command(flatten)]
+    pub options: ProxyOptions,
+}
+
+#[derive(Debug, Args)]
+pub struct HealthArgs {
+    /// Base URL of the bridge [default: http://127.0.0.1:8080, or CALLBACK_BRIDGE_HEALTH_URL]
+    #[arg(long, env = "CALLBACK_BRIDGE_HEALTH_URL", value_name = "URL")]
+    pub url: Option<String>,
+    /// Give up after this long [default: 2s]
+    #[arg(long, value_name = "DURATION")]
+    pub timeout: Option<DurationArg>,
+}
+
+#[derive(Debug, Args)]
+pub struct GenerateArgs {
+    #[command(subcommand)]
+    pub what: Generate,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Generate {
+    /// Shell completion script on stdout
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// roff man page on stdout (`callback-bridge generate man > callback-bridge.1`)
+    Man,
+}

@@ -1,0 +1,620 @@
+//! The agent-facing server: accept loop, per-request pipeline, graceful drain, lifecycle.
+//!
+//! Promise: the listener binds before the readiness line is printed (and nothing is printed on
+//! stdout before it); at most `max_connections` connections are open; a client that does not
+//! finish its request head in time is dropped while others are served; on a signal, lifeline EOF
+//! or a lifetime/idle limit, accepting stops, in-flight requests get `drain_timeout` to finish, the
+//! rest are answered 503 `shutting_down` (or 409 for forwarded mutations), and one exit-summary
+//! line is printed.
+
+use std::convert::Infallible;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http::{Method, Request, Response};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::task::JoinSet;
+
+use crate::auth::BridgeToken;
+use crate::cli::Lifeline;
+use crate::config::{Config, Lifecycle, Limits};
+use crate::limits::{BodyState, InFlight, InFlightGuard, RateLimit};
+use crate::policy::{Decision, Deny, DenyCode, LocalEndpoint, Policy, RequestHead, TokenCheck};
+use crate::proxy::respond::{self, X_REQUEST_ID};
+use crate::proxy::{BridgeBody, Forwarded, Forwarder};
+use crate::telemetry::{self, Metrics};
+
+/// After the drain deadline, time allowed for the 503/409 answers to be written before the
+/// remaining connections are cut.
+const FLUSH_GRACE: Duration = Duration::from_millis(500);
+/// Largest number of header lines hyper parses; above the policy's 100 so that the bridge answers
+/// 101..=128 headers itself with a JSON 431 (beyond, hyper's own 431).
+const PARSER_MAX_HEADERS: usize = 128;
+
+/// Why the process stops (the `reason` of the exit line).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExitReason {
+    Signal,
+    Lifeline,
+    Lifetime,
+    Idle,
+}
+
+impl ExitReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ExitReason::Signal => "signal",
+            ExitReason::Lifeline => "lifeline",
+            ExitReason::Lifetime => "lifetime",
+            ExitReason::Idle => "idle",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot write ready file {path}: {source}")]
+    ReadyFile {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot write to stdout: {0}")]
+    Stdout(std::io::Error),
+}
+
+/// The readiness line of SPEC §3, fields in the documented order.
+#[derive(serde::Serialize)]
+struct ReadyLine<'a> {
+    event: &'static str,
+    url: String,
+    pid: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    token: Option<&'a str>,
+}
+
+/// Where allowed requests go: the upstream (`serve`) or the relay (gateway transports). The
+/// server does everything before and after: policy, limits, logs, drain.
+pub trait Dispatch: Send + Sync + 'static {
+    /// Handles one allowed request. `deadline` resolves when the drain deadline passes; the
+    /// dispatcher must then answer at once (503 `shutting_down`, or 409 for a dispatched mutation).
+    fn dispatch(
+        &self,
+        method: Method,
+        allow: crate::policy::Allow,
+        body: Incoming,
+        req_state: Arc<BodyState>,
+        deadline: crate::limits::BoxFuture<()>,
+    ) -> impl std::future::Future<Output = Result<Forwarded, Deny>> + Send;
+
+    /// A one-line description for the startup log.
+    fn describe(&self) -> String;
+}
+
+impl Dispatch for Forwarder {
+    fn dispatch(
+        &self,
+        method: Method,
+        allow: crate::policy::Allow,
+        body: Incoming,
+        req_state: Arc<BodyState>,
+        deadline: crate::limits::BoxFuture<()>,
+    ) -> impl std::future::Future<Output = Result<Forwarded, Deny>> + Send {
+        self.forward(method, allow, body, req_state, deadline)
+    }
+
+    fn describe(&self) -> String {
+        format!("upstream {}", self.upstream().display())
+    }
+}
+
+/// What the server needs besides its dispatcher.
+#[derive(Debug)]
+pub struct ServerSettings {
+    pub listen: SocketAddr,
+    pub token: BridgeToken,
+    /// Whether the token was generated (then it is printed on the ready line).
+    pub token_generated: bool,
+    pub policy: Policy,
+    pub limits: Limits,
+    pub lifecycle: Lifecycle,
+}
+
+/// Shared state of the running bridge.
+struct Bridge<D> {
+    policy: Policy,
+    token: BridgeToken,
+    dispatcher: D,
+    metrics: Arc<Metrics>,
+    rate: RateLimit,
+    in_flight: InFlight,
+    /// Turns true when the drain deadline passes.
+    deadline: watch::Receiver<bool>,
+    /// Milliseconds since `started` of the last request (for `idle_exit`).
+    last_activity_ms: AtomicU64,
+    started: Instant,
+}
+
+/// Prints one JSON line on stdout and flushes it.
+pub fn print_line(line: &str) -> Result<(), ServeError> {
+    let mut out = std::io::stdout().lock();
+    out.write_all(line.as_bytes())
+        .and_then(|()| out.write_all(b"\n"))
+        .and_then(|()| out.flush())
+        .map_err(ServeError::Stdout)
+}
+
+/// Writes `contents` to `path` atomically (temp file in the same directory + rename), mode 0600.
+pub fn write_private_file(path: &std::path::Path, contents: &[u8]) -> std::io::Result<()> {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or_else(|| std::path::Path::new("."));
+    // tempfile creates with mode 0600 on Unix.
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+    tmp.write_all(contents)?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(path).map_err(|e| e.error)?;
+    Ok(())
+}
+
+/// Runs `serve` until a stop reason; returns it after draining and printing the exit line.
+pub async fn run(config: Config) -> Result<ExitReason, ServeError> {
+    let metrics = Arc::new(Metrics::default());
+    let Config {
+        listen,
+        upstream,
+        credential,
+        run_id,
+        token,
+        token_generated,
+        policy,
+        limits,
+        lifecycle,
+        ..
+    } = config;
+    if credential.is_none() {
+        tracing::warn!("no upstream credential configured; requests are forwarded without one");
+    }
+    let forwarder = Forwarder::new(
+        upstream,
+        credential,
+        run_id,
+        policy.headers.clone(),
+        &limits,
+        metrics.clone(),
+    );
+    let settings = ServerSettings {
+        listen,
+        token,
+        token_generated,
+        policy,
+        limits,
+        lifecycle,
+    };
+    serve_with(settings, forwarder, metrics, |_| Ok(())).await
+}
+
+/// Binds the listener. Separate so that callers can report a bind failure before anything else.
+fn bind(listen: SocketAddr) -> Result<(TcpListener, SocketAddr), ServeError> {
+    let err = |source| ServeError::Bind {
+        addr: listen,
+        source,
+    };
+    let std_listener = std::net::TcpListener::bind(listen).map_err(err)?;
+    std_listener.set_nonblocking(true).map_err(err)?;
+    let listener = TcpListener::from_std(std_listener).map_err(err)?;
+    let addr = listener.local_addr().map_err(err)?;
+    Ok((listener, addr))
+}
+
+/// Runs the agent-facing server with any dispatcher until a stop reason. `on_bound` runs after
+/// the listener is bound and before the readiness line (the queue gateway writes `ready.json`).
+pub async fn serve_with<D: Dispatch>(
+    settings: ServerSettings,
+    dispatcher: D,
+    metrics: Arc<Metrics>,
+    on_bound: impl FnOnce(SocketAddr) -> Result<(), ServeError>,
+) -> Result<ExitReason, ServeError> {
+    let (listener, addr) = bind(settings.listen)?;
+    let (deadline_tx, deadline_rx) = watch::channel(false);
+    let in_flight_gauge = Arc::new(AtomicU64::new(0));
+    let ServerSettings {
+        token,
+        token_generated,
+        policy,
+        limits,
+        lifecycle,
+        ..
+    } = settings;
+    on_bound(addr)?;
+    let ready = ReadyLine {
+        event: "ready",
+        url: format!("http://{addr}"),
+        pid: std::process::id(),
+        token: token_generated.then(|| token.expose()),
+    };
+    let ready = serde_json::to_string(&ready).unwrap_or_default();
+    if let Some(path) = &lifecycle.ready_file {
+        write_private_file(path, ready.as_bytes()).map_err(|source| ServeError::ReadyFile {
+            path: path.clone(),
+            source,
+        })?;
+    }
+    let bridge = Arc::new(Bridge {
+        policy,
+        token,
+        dispatcher,
+        metrics: metrics.clone(),
+        rate: RateLimit::new(limits.rate),
+        in_flight: InFlight::new(limits.max_in_flight, in_flight_gauge),
+        deadline: deadline_rx,
+        last_activity_ms: AtomicU64::new(0),
+        started: Instant::now(),
+    });
+    print_line(&ready)?;
+    tracing::info!(
+        listen = %addr,
+        to = %bridge.dispatcher.describe(),
+        "ready"
+    );
+
+    let (stop_tx, mut stop_rx) = mpsc::channel::<ExitReason>(4);
+    spawn_lifecycle(&lifecycle, &bridge, stop_tx);
+
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_headers(PARSER_MAX_HEADERS)
+        .keep_alive(true);
+    let connections = Arc::new(Semaphore::new(limits.max_connections));
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let mut conns = JoinSet::new();
+
+    let reason = loop {
+        tokio::select! {
+            biased;
+            reason = stop_rx.recv() => break reason.unwrap_or(ExitReason::Signal),
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+            permit = connections.clone().acquire_owned() => {
+                let Ok(permit) = permit else { break ExitReason::Signal };
+                let (stream, _peer) = tokio::select! {
+                    biased;
+                    reason = stop_rx.recv() => break reason.unwrap_or(ExitReason::Signal),
+                    accepted = listener.accept() => match accepted {
+                        Ok(s) => s,
+                        Err(e) => {
+                            // EMFILE and friends: back off briefly instead of spinning.
+                            tracing::warn!(error = %e, "accept failed");
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            continue;
+                        }
+                    },
+                };
+                let _ = stream.set_nodelay(true);
+                let bridge = bridge.clone();
+                let service = service_fn(move |req| {
+                    let bridge = bridge.clone();
+                    async move { Ok::<_, Infallible>(bridge.handle(req).await) }
+                });
+                let conn = http.serve_connection(TokioIo::new(stream), service);
+                let mut shutdown = shutdown_rx.clone();
+                conns.spawn(async move {
+                    let _permit = permit;
+                    tokio::pin!(conn);
+                    tokio::select! {
+                        _ = conn.as_mut() => {}
+                        () = async { let _ = shutdown.wait_for(|s| *s).await; } => {
+                            conn.as_mut().graceful_shutdown();
+                            let _ = conn.await;
+                        }
+                    }
+                });
+            }
+        }
+    };
+
+    tracing::info!(reason = reason.as_str(), "shutting down");
+    drop(listener);
+    let _ = shutdown_tx.send(true);
+    let drained = tokio::time::timeout(limits.drain_timeout, drain(&mut conns)).await;
+    if drained.is_err() {
+        // Deadline: in-flight handlers answer 503/409 now; give them a moment to be written.
+        let _ = deadline_tx.send(true);
+        if tokio::time::timeout(FLUSH_GRACE, drain(&mut conns))
+            .await
+            .is_err()
+        {
+            conns.abort_all();
+        }
+    }
+    print_line(&metrics.exit_line(reason.as_str()))?;
+    Ok(reason)
+}
+
+async fn drain(conns: &mut JoinSet<()>) {
+    while conns.join_next().await.is_some() {}
+}
+
+/// Starts the watchers that end the process: signals, lifeline, lifetime, idle.
+fn spawn_lifecycle<D: Dispatch>(
+    lifecycle: &Lifecycle,
+    bridge: &Arc<Bridge<D>>,
+    stop: mpsc::Sender<ExitReason>,
+) {
+    {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            use tokio::signal::unix::{signal, SignalKind};
+            let (Ok(mut term), Ok(mut int)) = (
+                signal(SignalKind::terminate()),
+                signal(SignalKind::interrupt()),
+            ) else {
+                tracing::error!("cannot install signal handlers");
+                return;
+            };
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+            let _ = stop.send(ExitReason::Signal).await;
+        });
+    }
+    if lifecycle.lifeline == Lifeline::Stdin {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            use tokio::io::AsyncReadExt;
+            let mut stdin = tokio::io::stdin();
+            let mut buf = [0u8; 256];
+            loop {
+                match stdin.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {}
+                }
+            }
+            let _ = stop.send(ExitReason::Lifeline).await;
+        });
+    }
+    if let Some(lifetime) = lifecycle.max_lifetime {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(lifetime).await;
+            let _ = stop.send(ExitReason::Lifetime).await;
+        });
+    }
+    if let Some(idle) = lifecycle.idle_exit {
+        let bridge = bridge.clone();
+        tokio::spawn(async move {
+            loop {
+                let last = Duration::from_millis(bridge.last_activity_ms.load(Ordering::Relaxed));
+                let due = bridge.started + last + idle;
+                tokio::time::sleep_until(due.into()).await;
+                let last_now =
+                    Duration::from_millis(bridge.last_activity_ms.load(Ordering::Relaxed));
+                if last_now == last && bridge.in_flight.current() == 0 {
+                    break;
+                }
+                if last_now == last {
+                    // Busy with a long request: look again after another idle period.
+                    bridge.touch();
+                }
+            }
+            let _ = stop.send(ExitReason::Idle).await;
+        });
+    }
+}
+
+/// One access-log record, emitted when the response body is finished or dropped.
+struct AccessRecord {
+    request_id: String,
+    method: Method,
+    route: Option<Arc<str>>,
+    status: u16,
+    code: Option<DenyCode>,
+    query_keys: String,
+    started: Instant,
+    upstream_ms: Option<f64>,
+    req_state: Option<Arc<BodyState>>,
+    metrics: Arc<Metrics>,
+}
+
+pin_project_lite::pin_project! {
+    /// The response body as sent to the agent: counts bytes, holds the in-flight slot, and writes
+    /// the access log line when it ends.
+    struct Logged {
+        #[pin]
+        inner: BridgeBody,
+        bytes: u64,
+        record: Option<AccessRecord>,
+        _slot: Option<InFlightGuard>,
+    }
+
+    impl PinnedDrop for Logged {
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            if let Some(r) = this.record.take() {
+                r.metrics.bytes_out.fetch_add(*this.bytes, Ordering::Relaxed);
+                let req_bytes = r.req_state.as_ref().map_or(0, |s| s.bytes());
+                r.metrics.bytes_in.fetch_add(req_bytes, Ordering::Relaxed);
+                tracing::info!(
+                    target: "access",
+                    request_id = %r.request_id,
+                    method = %r.method,
+                    route = r.route.as_deref().unwrap_or("-"),
+                    status = r.status,
+                    code = r.code.map_or("", DenyCode::as_str),
+                    req_bytes,
+                    resp_bytes = *this.bytes,
+                    total_ms = round_ms(r.started.elapsed()),
+                    upstream_ms = r.upstream_ms,
+                    query_keys = %r.query_keys,
+                    "request"
+                );
+            }
+        }
+    }
+}
+
+impl http_body::Body for Logged {
+    type Data = bytes::Bytes;
+    type Error = crate::limits::BodyError;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let this = self.project();
+        let polled = this.inner.poll_frame(cx);
+        if let std::task::Poll::Ready(Some(Ok(frame))) = &polled {
+            if let Some(data) = frame.data_ref() {
+                *this.bytes += data.len() as u64;
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// The request target as received: origin-form path+query, `*`, or the absolute URI.
+fn raw_target(uri: &http::Uri) -> std::borrow::Cow<'_, str> {
+    if uri.scheme().is_some() || uri.authority().is_some() {
+        return std::borrow::Cow::Owned(uri.to_string());
+    }
+    std::borrow::Cow::Borrowed(
+        uri.path_and_query()
+            .map(|pq| pq.as_str())
+            .unwrap_or_else(|| uri.path()),
+    )
+}
+
+impl<D: Dispatch> Bridge<D> {
+    fn touch(&self) {
+        let ms = self.started.elapsed().as_millis() as u64;
+        self.last_activity_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// The per-request pipeline, in SPEC §4 order: policy (token, method, target, route,
+    /// framing, content type, size, headers), then rate and load limits, then forwarding.
+    async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<Logged> {
+        let started = Instant::now();
+        self.metrics.requests.fetch_add(1, Ordering::Relaxed);
+        self.touch();
+        let request_id = uuid::Uuid::now_v7().to_string();
+        let (parts, body) = req.into_parts();
+        let target = raw_target(&parts.uri);
+        let head = RequestHead {
+            method: &parts.method,
+            target: &target,
+            headers: &parts.headers,
+        };
+        let decision = self
+            .policy
+            .evaluate(&head, TokenCheck::Require(&self.token));
+        let mut record = AccessRecord {
+            request_id,
+            method: parts.method.clone(),
+            route: None,
+            status: 0,
+            code: None,
+            // Query keys are logged only once the request is authenticated and allowed.
+            query_keys: String::new(),
+            started,
+            upstream_ms: None,
+            req_state: None,
+            metrics: self.metrics.clone(),
+        };
+        let mut slot = None;
+        let response: Response<BridgeBody> = match decision {
+            Decision::Local(LocalEndpoint::Health) => respond::json_ok(b"{\"status\":\"ok\"}"),
+            Decision::Local(LocalEndpoint::Metrics) => respond::metrics_text(self.metrics.render()),
+            Decision::Deny(deny) => {
+                record.code = Some(deny.code);
+                respond::deny_response(&deny)
+            }
+            Decision::Allow(allow) => {
+                record.route = Some(allow.route_id.clone());
+                record.query_keys = telemetry::query_keys(&allow.target);
+                if let Err(retry_after) = self.rate.check() {
+                    record.code = Some(DenyCode::RateLimited);
+                    respond::rate_limited(retry_after)
+                } else if let Some(guard) = self.in_flight.try_enter() {
+                    slot = Some(guard);
+                    let req_state = Arc::new(BodyState::default());
+                    record.req_state = Some(req_state.clone());
+                    let deadline = self.deadline.clone();
+                    match self
+                        .dispatcher
+                        .dispatch(
+                            parts.method.clone(),
+                            allow,
+                            body,
+                            req_state,
+                            Box::pin(deadline_passed(deadline)),
+                        )
+                        .await
+                    {
+                        Ok(fwd) => {
+                            record.upstream_ms = Some(round_ms(fwd.upstream_time));
+                            fwd.response
+                        }
+                        Err(deny) => {
+                            record.code = Some(deny.code);
+                            respond::deny_response(&deny)
+                        }
+                    }
+                } else {
+                    let deny = Deny::new(DenyCode::Overloaded, "Too many requests in flight");
+                    record.code = Some(deny.code);
+                    respond::deny_response(&deny)
+                }
+            }
+        };
+        let (mut parts, inner) = response.into_parts();
+        if let Ok(v) = http::HeaderValue::from_str(&record.request_id) {
+            parts.headers.insert(X_REQUEST_ID, v);
+        }
+        record.status = parts.status.as_u16();
+        self.metrics.record_outcome(
+            record.route.as_deref().unwrap_or("-"),
+            record.status,
+            record.code,
+        );
+        Response::from_parts(
+            parts,
+            Logged {
+                inner,
+                bytes: 0,
+                record: Some(record),
+                _slot: slot,
+            },
+        )
+    }
+}
+
+/// Resolves when the drain deadline passes.
+async fn deadline_passed(mut rx: watch::Receiver<bool>) {
+    let _ = rx.wait_for(|d| *d).await;
+}
+
+/// Milliseconds with microsecond precision, for log fields.
+fn round_ms(d: Duration) -> f64 {
+    (d.as_micros() as f64) / 1e3
+}
