@@ -203,6 +203,17 @@ fn sigterm_while_idle_exits_0_with_counted_summary() {
 }
 
 #[test]
+fn sigterm_right_after_readiness_exits_cleanly() {
+    // A spawner may stop the bridge as soon as it has read the readiness line: the signal must
+    // already be handled then (drain, exit line, exit 0), not kill the process.
+    let mut bridge = Bridge::spawn(&[], &[]);
+    bridge.sigterm();
+    let exit = bridge.wait_exit_line(WAIT);
+    assert_eq!(exit["reason"], "signal", "{exit}");
+    assert_eq!(bridge.wait_exit_status(WAIT).code(), Some(0));
+}
+
+#[test]
 fn sigint_exits_0_with_reason_signal() {
     let mut bridge = Bridge::spawn(&[], &[]);
     bridge.signal("INT");
