@@ -91,6 +91,7 @@ http {{
   client_body_temp_path {tmp}/body; proxy_temp_path {tmp}/proxy;
   fastcgi_temp_path {tmp}/fcgi; uwsgi_temp_path {tmp}/uwsgi; scgi_temp_path {tmp}/scgi;
   client_max_body_size 11m;
+  map_hash_bucket_size 128;
   client_body_buffer_size 128k;
   upstream paperclip {{ server {up}; keepalive 64; }}
   map $http_authorization $bridge_ok {{ default 0; "Bearer {TOKEN}" 1; }}

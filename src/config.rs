@@ -22,9 +22,7 @@ pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCA
 pub const DEFAULT_UPSTREAM: &str = "http://127.0.0.1:3100";
 pub const DEFAULT_UPSTREAM_TOKEN_ENV: &str = "CALLBACK_BRIDGE_UPSTREAM_TOKEN";
 pub const DEFAULT_TOKEN_ENV: &str = "CALLBACK_BRIDGE_TOKEN";
-/// 10 MiB for the payload plus 64 KiB for multipart boundaries and part headers, so that a 10 MiB
-/// attachment (Paperclip's own upload limit) still fits in a multipart request.
-pub const DEFAULT_MAX_BODY_BYTES: u64 = 10 * 1024 * 1024 + 64 * 1024;
+pub use crate::policy::DEFAULT_MAX_BODY_BYTES;
 /// Enough for an agent's parallel tool calls; small enough that a runaway loop is refused early.
 pub const DEFAULT_MAX_IN_FLIGHT: usize = 64;
 /// Bounds file descriptors and memory held by idle keep-alive connections.

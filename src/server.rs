@@ -263,15 +263,14 @@ pub async fn serve_with<D: Dispatch>(
         last_activity_ms: AtomicU64::new(0),
         started: Instant::now(),
     });
+    let (stop_tx, mut stop_rx) = mpsc::channel::<ExitReason>(4);
+    spawn_lifecycle(&lifecycle, &bridge, stop_tx);
     print_line(&ready)?;
     tracing::info!(
         listen = %addr,
         to = %bridge.dispatcher.describe(),
         "ready"
     );
-
-    let (stop_tx, mut stop_rx) = mpsc::channel::<ExitReason>(4);
-    spawn_lifecycle(&lifecycle, &bridge, stop_tx);
 
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
@@ -354,13 +353,13 @@ fn spawn_lifecycle<D: Dispatch>(
     stop: mpsc::Sender<ExitReason>,
 ) {
     {
+        // Install the handlers now, before the ready line is printed: a SIGTERM that arrives
+        // right after readiness must drain and print the exit line, not kill the process.
+        use tokio::signal::unix::{signal, SignalKind};
+        let handlers = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()));
         let stop = stop.clone();
         tokio::spawn(async move {
-            use tokio::signal::unix::{signal, SignalKind};
-            let (Ok(mut term), Ok(mut int)) = (
-                signal(SignalKind::terminate()),
-                signal(SignalKind::interrupt()),
-            ) else {
+            let (Ok(mut term), Ok(mut int)) = handlers else {
                 tracing::error!("cannot install signal handlers");
                 return;
             };
