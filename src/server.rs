@@ -423,7 +423,7 @@ struct AccessRecord {
     code: Option<DenyCode>,
     query_keys: String,
     started: Instant,
-    upstream_ms: Option<f64>,
+    upstream_time: Option<Duration>,
     req_state: Option<Arc<BodyState>>,
     metrics: Arc<Metrics>,
 }
@@ -454,8 +454,8 @@ pin_project_lite::pin_project! {
                     code: r.code.map_or("", DenyCode::as_str),
                     req_bytes,
                     resp_bytes: *this.bytes,
-                    total_ms: round_ms(r.started.elapsed()),
-                    upstream_ms: r.upstream_ms,
+                    total: r.started.elapsed(),
+                    upstream: r.upstream_time,
                     query_keys: &r.query_keys,
                 });
             }
@@ -534,7 +534,7 @@ impl<D: Dispatch> Bridge<D> {
             // Query keys are logged only once the request is authenticated and allowed.
             query_keys: String::new(),
             started,
-            upstream_ms: None,
+            upstream_time: None,
             req_state: None,
             metrics: self.metrics.clone(),
         };
@@ -569,7 +569,7 @@ impl<D: Dispatch> Bridge<D> {
                         .await
                     {
                         Ok(fwd) => {
-                            record.upstream_ms = Some(round_ms(fwd.upstream_time));
+                            record.upstream_time = Some(fwd.upstream_time);
                             fwd.response
                         }
                         Err(deny) => {
@@ -606,9 +606,4 @@ impl<D: Dispatch> Bridge<D> {
 /// Resolves when the drain deadline passes.
 async fn deadline_passed(mut rx: watch::Receiver<bool>) {
     let _ = rx.wait_for(|d| *d).await;
-}
-
-/// Milliseconds with microsecond precision, for log fields.
-fn round_ms(d: Duration) -> f64 {
-    (d.as_micros() as f64) / 1e3
 }
