@@ -875,8 +875,9 @@ fn log_outcome(
     resp_bytes: usize,
     upstream: Option<Duration>,
 ) {
+    core.metrics
+        .record_outcome(meta.route.as_ref(), status, code);
     let route = meta.route.as_deref().unwrap_or("-");
-    core.metrics.record_outcome(route, status, code);
     tracing::info!(
         target: "access",
         request_id = %meta.id,
