@@ -5,7 +5,8 @@ Measures the round-trip latency of GET /api/agents/me (p50/p99) and the number o
 per request, for 1, 10 and 50 concurrent agents (each agent sends its requests one after the
 other on a keep-alive connection). Commands are counted by an exec prefix that appends one line
 to a file per command and then runs the script with `sh -c`; the lone-GET latency is also
-measured with the plain `sh -c` prefix.
+measured with the plain `sh -c` prefix, and the last rows use `--sandbox-helper` (the binary's own
+`queue take|put` instead of shell tools).
 
 Run through benches/queue_bench.sh (builds the release binary and the benchmark upstream).
 Not a test: it asserts nothing and prints a Markdown table.
@@ -90,9 +91,10 @@ def pct(values, p):
     return values[k]
 
 
-def run(prefix_kind, agents, per_agent, workdir, upstream_url):
-    queue = os.path.join(workdir, f"q-{prefix_kind}-{agents}")
-    counter = os.path.join(workdir, f"count-{prefix_kind}-{agents}")
+def run(prefix_kind, agents, per_agent, workdir, upstream_url, helper=False):
+    tag = f"{prefix_kind}-{agents}-{'helper' if helper else 'sh'}"
+    queue = os.path.join(workdir, f"q-{tag}")
+    counter = os.path.join(workdir, f"count-{tag}")
     open(counter, "w").close()
     if prefix_kind == "count":
         wrapper = os.path.join(workdir, "count.sh")
@@ -102,7 +104,7 @@ def run(prefix_kind, agents, per_agent, workdir, upstream_url):
         prefix = [wrapper, "-c"]
     else:
         prefix = ["sh", "-c"]
-    logs = open(os.path.join(workdir, f"log-{prefix_kind}-{agents}"), "w")
+    logs = open(os.path.join(workdir, f"log-{tag}"), "w")
     common = ["--rate-limit-per-second", "0", "--log-level", "warn"]
     gw = start(
         [BIN, "gateway", "--transport", "queue", "--queue-dir", queue] + common,
@@ -113,6 +115,7 @@ def run(prefix_kind, agents, per_agent, workdir, upstream_url):
     relay = start(
         [BIN, "relay", "--transport", "queue", "--queue-dir", queue, "--upstream", upstream_url]
         + common
+        + (["--sandbox-helper", BIN] if helper else [])
         + ["--"]
         + prefix,
         {"CALLBACK_BRIDGE_UPSTREAM_TOKEN": "bench-upstream-secret"},
@@ -146,7 +149,8 @@ def run(prefix_kind, agents, per_agent, workdir, upstream_url):
         logs.close()
     done = len(latencies)
     return {
-        "prefix": "count.sh -c" if prefix_kind == "count" else "sh -c",
+        "prefix": ("count.sh -c" if prefix_kind == "count" else "sh -c")
+        + (" --sandbox-helper" if helper else ""),
         "agents": agents,
         "requests": done,
         "errors": len(errors),
@@ -171,6 +175,8 @@ def main():
             rows = [run("sh", 1, per_agent[1], workdir, upstream_url)]
             for n in (1, 10, 50):
                 rows.append(run("count", n, per_agent[n], workdir, upstream_url))
+            for n in (1, 10):
+                rows.append(run("count", n, per_agent[n], workdir, upstream_url, helper=True))
         finally:
             up.terminate()
             up.wait(10)

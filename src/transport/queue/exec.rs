@@ -132,7 +132,11 @@ impl Runner {
                     let mut limited = out.take(stdout_cap as u64 + 1);
                     limited.read_to_end(&mut buf).await?;
                 }
-                Ok::<_, std::io::Error>(buf)
+                if buf.len() > stdout_cap {
+                    // Stop at once: the command is killed below, not waited for.
+                    return Err(ExecError::TooMuchOutput(stdout_cap));
+                }
+                Ok::<_, ExecError>(buf)
             };
             let read_err = async {
                 let mut kept = Vec::new();
@@ -147,15 +151,11 @@ impl Runner {
                         kept.extend_from_slice(&chunk[..n.min(room)]);
                     }
                 }
-                Ok::<_, std::io::Error>(kept)
+                Ok::<_, ExecError>(kept)
             };
-            let (out, err) = tokio::join!(read_out, read_err);
-            let out = out?;
-            if out.len() > stdout_cap {
-                return Err(ExecError::TooMuchOutput(stdout_cap));
-            }
+            let (out, err) = tokio::try_join!(read_out, read_err)?;
             let status = child.wait().await?;
-            Ok((out, err.unwrap_or_default(), status))
+            Ok::<_, ExecError>((out, err, status))
         };
         let result = tokio::time::timeout(COMMAND_TIMEOUT, work).await;
         if let Some(task) = stdin_task {
@@ -177,6 +177,76 @@ impl Runner {
                 success: status.success(),
                 stderr: String::from_utf8_lossy(&stderr).into_owned(),
             }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sh() -> Vec<String> {
+        vec!["sh".to_owned(), "-c".to_owned()]
+    }
+
+    #[tokio::test]
+    async fn runs_the_script_with_stdin_and_reports_failure() {
+        let r = Runner::new(sh(), vec![]);
+        let out = r
+            .run(
+                "cat; echo done; exit 3".into(),
+                Some(b"in\n".to_vec()),
+                1024,
+            )
+            .await
+            .unwrap();
+        assert_eq!(out.stdout, b"in\ndone\n");
+        assert!(!out.success);
+    }
+
+    #[tokio::test]
+    async fn stops_a_command_that_prints_too_much() {
+        let r = Runner::new(sh(), vec![]);
+        let started = std::time::Instant::now();
+        let err = r
+            .run("while :; do echo xxxxxxxxxxxxxxxx; done".into(), None, 1000)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, ExecError::TooMuchOutput(1000)), "{err}");
+        assert!(
+            started.elapsed() < COMMAND_TIMEOUT,
+            "not left to the time cap"
+        );
+    }
+
+    #[tokio::test]
+    async fn removes_the_scrubbed_variables() {
+        let r = Runner::new(sh(), vec!["HOME".to_owned(), "PATH".to_owned()]);
+        // `env` shows what the command inherited (sh itself re-creates a default PATH).
+        let out = r
+            .run("/usr/bin/env; echo end".into(), None, 1 << 20)
+            .await
+            .unwrap();
+        let text = String::from_utf8(out.stdout).unwrap();
+        assert!(text.ends_with("end\n"), "{text}");
+        assert!(
+            !text
+                .lines()
+                .any(|l| l.starts_with("HOME=") || l.starts_with("PATH=")),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn secret_names_cover_the_configured_variables() {
+        let names = secret_env_names(&["MY_KEY"]);
+        for n in [
+            "MY_KEY",
+            "CALLBACK_BRIDGE_UPSTREAM_TOKEN",
+            "CALLBACK_BRIDGE_TOKEN",
+            "PAPERCLIP_BRIDGE_TOKEN",
+        ] {
+            assert!(names.iter().any(|x| x == n), "{n}");
         }
     }
 }

@@ -445,6 +445,36 @@ mod tests {
         assert!(ResponseFile::parse(text, "a", 1 << 20).is_err());
     }
 
+    proptest::proptest! {
+        #[test]
+        fn any_body_bytes_round_trip(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..512)) {
+            let (text, enc) = encode_body(&bytes);
+            proptest::prop_assert_eq!(decode_body(&text, enc.as_deref(), 512).unwrap(), bytes);
+        }
+
+        #[test]
+        fn request_decoding_never_panics_and_keeps_its_invariants(
+            bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..256)
+        ) {
+            if let Ok(f) = RequestFile::parse(&bytes, "a", 1 << 16) {
+                proptest::prop_assert_eq!(f.id.as_str(), "a");
+                proptest::prop_assert!(f.query.is_empty() || f.query.starts_with('?'));
+                let _ = decode_body(&f.body, f.body_encoding.as_deref(), 64);
+            }
+            let _ = ResponseFile::parse(&bytes, "a", 1 << 16);
+        }
+
+        #[test]
+        fn take_output_parsing_never_yields_unsafe_ids(
+            bytes in proptest::collection::vec(proptest::sample::select(b":FBEMDR 0aZ-_/.\n=+AQ".to_vec()), 0..256)
+        ) {
+            let parsed = crate::transport::queue::scripts::parse_take(&bytes);
+            for item in &parsed.items {
+                proptest::prop_assert!(valid_id(item.id()));
+            }
+        }
+    }
+
     #[test]
     fn envelope_is_six_times_the_body_plus_headroom() {
         assert_eq!(envelope_limit(10), 60 + 65_536);

@@ -407,13 +407,13 @@ impl Shared {
         let request = request_file(&id, &method, &allow, &bytes)?;
         drop(bytes);
         let answered = self.register(&id);
+        // Armed before publishing: if the agent goes away mid-publish, the file is withdrawn.
         let mut pending = Pending {
             shared: self.clone(),
             id: id.clone(),
-            armed: false,
+            armed: true,
         };
         self.publish(&id, request).await?;
-        pending.armed = true;
         let started = Instant::now();
 
         enum Waited {

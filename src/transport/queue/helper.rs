@@ -263,7 +263,9 @@ fn start(o: &Opts, out: &mut impl Write) -> io::Result<()> {
     emit(&requests, entries, CLAIMED_SUFFIX, false, o, out)
 }
 
-/// Largest response frame accepted on stdin: the same bound as a response file.
+/// Publishes the responses framed on stdin (`<id> <len>\n<bytes>\n`, each at most the envelope
+/// limit): each only while its `.claimed` file exists and no response does; then removes the
+/// claims of the published ones. A malformed frame ends the input.
 fn put(o: &Opts, input: &mut impl BufRead, out: &mut impl Write) -> io::Result<()> {
     let q = queue_dir(o);
     let requests = q.join("requests");

@@ -84,8 +84,9 @@ pub struct TakeParams {
 const SH_PRELUDE: &str =
     "LC_ALL=C; export LC_ALL; unset TIME_STYLE BLOCK_SIZE LS_BLOCK_SIZE 2>/dev/null\n";
 
-/// The loop body that claims (or, for recovery, re-reads) listed files. Expects `ls -lntr`
-/// output on stdin; `$SFX` is the suffix selected; `$CLAIM` is 1 to claim by rename.
+/// The loop that claims (or, for recovery, re-reads) listed files: reads `ls -lntr` output,
+/// keeps regular files named `<valid id><suffix>`, and either claims each by rename (`claim`)
+/// or, for recovery, skips (and removes) claims that already have a response.
 fn listing_loop(params: &TakeParams, suffix: &str, claim: bool) -> String {
     let mut s = String::new();
     let _ = write!(
