@@ -392,3 +392,49 @@ fn relay_prints_an_exit_line_on_sigterm() {
     // relay.json stays: it records the protocol, not liveness.
     assert!(Path::new(&sb.queue().join("relay.json")).exists());
 }
+
+/// The sandbox side with nothing but busybox (`ash` and its applets), as in an Alpine image.
+/// Skipped, with a note, where busybox is not installed.
+#[test]
+fn round_trip_with_only_busybox_in_the_sandbox() {
+    let Some(busybox) = ["/usr/bin/busybox", "/bin/busybox"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+    else {
+        eprintln!("skipped: busybox is not installed");
+        return;
+    };
+    let up = Upstream::start();
+    let sb = Sandbox::new();
+    let bin = sb.path("bb");
+    std::fs::create_dir(&bin).unwrap();
+    for tool in ["sh", "ls", "mv", "rm", "cat", "sleep", "base64", "mkdir"] {
+        std::os::unix::fs::symlink(busybox, bin.join(tool)).unwrap();
+    }
+    let prefix = sb.path("bb-exec");
+    std::fs::write(
+        &prefix,
+        format!(
+            "#!/bin/sh\n[ \"$1\" = -c ] && shift\nexec env -i PATH='{b}' '{b}/sh' -c \"$1\"\n",
+            b = bin.display()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&prefix, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let prefix = prefix.display().to_string();
+
+    let (_gw, url) = sb.gateway(&[]);
+    let _relay = sb.relay(&up.url, &[&prefix, "-c"], &[]);
+    assert_eq!(agent(&url, "GET", "/api/agents/me", &[], b"").status, 200);
+    let file = random_bytes(150_000, 5);
+    let resp = agent(
+        &url,
+        "POST",
+        "/api/companies/c/issues/i/attachments",
+        &[("content-type", "multipart/form-data; boundary=b")],
+        &file,
+    );
+    assert_eq!(resp.status, 201);
+    assert!(resp.body == file && up.requests()[1].body == file);
+}
