@@ -256,6 +256,21 @@ const DENIALS: &[(&str, &str)] = &[
     ("not_found", "GET /__bridge/nothing HTTP/1.1\r\nHost: x\r\nAuthorization: {auth}\r\n\r\n"),
 ];
 
+/// `serve` against the same upstream with the same supplied token, for side-by-side answers.
+async fn start_serve(upstream: &MockUpstream) -> (Proc, std::net::SocketAddr) {
+    let mut cmd = bridge_command(upstream);
+    cmd.env("CALLBACK_BRIDGE_TOKEN", BRIDGE_TOKEN).arg("serve");
+    let mut serve = Proc::spawn(cmd, "serve");
+    let ready = serve.next_json().await.expect("serve readiness line");
+    let addr = ready["url"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("http://")
+        .parse()
+        .unwrap();
+    (serve, addr)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn denials_are_identical_to_serve() {
     let upstream = MockUpstream::start().await;
@@ -267,18 +282,7 @@ async fn denials_are_identical_to_serve() {
         },
     )
     .await;
-    let mut serve_cmd = bridge_command(&upstream);
-    serve_cmd
-        .env("CALLBACK_BRIDGE_TOKEN", BRIDGE_TOKEN)
-        .args(["serve"]);
-    let mut serve = Proc::spawn(serve_cmd, "serve");
-    let ready = serve.next_json().await.expect("serve readiness line");
-    let serve_addr: std::net::SocketAddr = ready["url"]
-        .as_str()
-        .unwrap()
-        .trim_start_matches("http://")
-        .parse()
-        .unwrap();
+    let (_serve, serve_addr) = start_serve(&upstream).await;
 
     let auth = format!("Bearer {BRIDGE_TOKEN}");
     for (code, raw) in DENIALS {
@@ -415,4 +419,45 @@ async fn a_missing_command_fails_at_once() {
     let first = relay.next_json().await.expect("exit line");
     assert_eq!(first["event"], "exit");
     assert_eq!(relay.wait().await.code(), Some(1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_relay_reapplies_the_policy_when_the_gateway_is_lax() {
+    let upstream = MockUpstream::start().await;
+    // A gateway whose own allowlist lets a secrets route through: only the relay stands between
+    // the sandbox and the upstream.
+    let dir = tempfile::tempdir().unwrap();
+    let lax = dir.path().join("lax-routes.toml");
+    std::fs::write(
+        &lax,
+        "[[route]]\nid = \"lax.secrets\"\nmethod = \"GET\"\npath = \"/api/companies/{id}/secrets\"\n",
+    )
+    .unwrap();
+    let relay = Relay::start(
+        &upstream,
+        RelayOptions {
+            gateway_args: &["--routes", lax.to_str().unwrap()],
+            supplied_token: true,
+            ..Default::default()
+        },
+    )
+    .await;
+    let (_serve, serve_addr) = start_serve(&upstream).await;
+    let raw = format!(
+        "GET /api/companies/c1/secrets HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {BRIDGE_TOKEN}\r\n\r\n"
+    );
+    let direct = raw_request(serve_addr, raw.as_bytes()).await;
+    let via_stdio = raw_request(relay.agent, raw.as_bytes()).await;
+    assert_eq!(direct.status, 403);
+    assert_eq!(direct.code(), "route_not_allowed");
+    assert_eq!(via_stdio.status, direct.status);
+    assert_eq!(via_stdio.body, direct.body);
+    assert_eq!(
+        via_stdio.header("x-bridge-error"),
+        direct.header("x-bridge-error")
+    );
+    assert!(
+        upstream.seen().is_empty(),
+        "the secrets route reached the upstream"
+    );
 }

@@ -481,6 +481,7 @@ pub struct Relay {
 }
 
 /// How a relay test starts its gateway.
+#[derive(Default)]
 pub struct RelayOptions<'a> {
     /// Extra relay arguments before `--` (e.g. `--handshake stdin`).
     pub relay_args: &'a [&'a str],
@@ -490,17 +491,6 @@ pub struct RelayOptions<'a> {
     pub supplied_token: bool,
     /// Wrap the gateway in `sh -c '<prefix>; exec "$0" "$@"'`.
     pub shell_prefix: Option<&'a str>,
-}
-
-impl Default for RelayOptions<'_> {
-    fn default() -> Self {
-        RelayOptions {
-            relay_args: &[],
-            gateway_args: &[],
-            supplied_token: false,
-            shell_prefix: None,
-        }
-    }
 }
 
 impl Relay {
