@@ -31,6 +31,8 @@ const WAIT: Duration = Duration::from_secs(20);
 /// Upper bound of the whole benchmark.
 const TOTAL: Duration = Duration::from_secs(300);
 const WARMUP: usize = 300;
+/// Requests per path before switching to the next one, so that background load hits all paths alike.
+const ROUND: usize = 50;
 const TARGET: &str = "/api/agents/me";
 
 fn env_or(name: &str, default: u64) -> u64 {
@@ -62,10 +64,28 @@ async fn run() {
     let (_serve, serve_addr) = start_serve(upstream).await;
     let (_relay, stdio_addr) = start_stdio(upstream).await;
 
-    println!("lone GET {TARGET}, {requests} sequential requests on one keep-alive connection");
-    let direct = latencies(upstream, requests, false).await;
-    let serve = latencies(serve_addr, requests, true).await;
-    let stdio = latencies(stdio_addr, requests, true).await;
+    println!(
+        "lone GET {TARGET}, {requests} sequential requests per path on one keep-alive connection \
+         each, interleaved in rounds of {ROUND}"
+    );
+    let mut paths = [
+        Path::new(upstream, false).await,
+        Path::new(serve_addr, true).await,
+        Path::new(stdio_addr, true).await,
+    ];
+    for path in &mut paths {
+        path.run(WARMUP, false).await;
+    }
+    for _ in 0..requests.div_ceil(ROUND) {
+        for path in &mut paths {
+            path.run(ROUND, true).await;
+        }
+    }
+    let [direct, serve, stdio] = paths.map(|p| {
+        let mut v = p.samples;
+        v.sort();
+        v
+    });
     let p = |v: &[Duration], q: f64| v[((v.len() - 1) as f64 * q) as usize];
     println!(
         "{:<8} {:>10} {:>10} {:>10} {:>14}",
@@ -222,20 +242,36 @@ async fn get(sender: &mut SendRequest<Empty<Bytes>>, addr: SocketAddr, auth: boo
         .expect("request within the wait")
 }
 
-async fn latencies(addr: SocketAddr, n: usize, auth: bool) -> Vec<Duration> {
-    let mut sender = connect(addr).await;
-    for _ in 0..WARMUP {
-        assert_eq!(get(&mut sender, addr, auth).await, 200);
+/// One keep-alive connection to one path, and the latencies measured on it.
+struct Path {
+    addr: SocketAddr,
+    auth: bool,
+    sender: SendRequest<Empty<Bytes>>,
+    samples: Vec<Duration>,
+}
+
+impl Path {
+    async fn new(addr: SocketAddr, auth: bool) -> Path {
+        Path {
+            addr,
+            auth,
+            sender: connect(addr).await,
+            samples: Vec::new(),
+        }
     }
-    let mut out = Vec::with_capacity(n);
-    for _ in 0..n {
-        let started = Instant::now();
-        let status = get(&mut sender, addr, auth).await;
-        out.push(started.elapsed());
-        assert_eq!(status, 200);
+
+    /// `n` sequential GETs; their latencies are kept when `record`.
+    async fn run(&mut self, n: usize, record: bool) {
+        for _ in 0..n {
+            let started = Instant::now();
+            let status = get(&mut self.sender, self.addr, self.auth).await;
+            let elapsed = started.elapsed();
+            assert_eq!(status, 200);
+            if record {
+                self.samples.push(elapsed);
+            }
+        }
     }
-    out.sort();
-    out
 }
 
 async fn throughput(

@@ -409,6 +409,12 @@ fn refused(err: &hyper::Error) -> bool {
 impl StdioDispatch {
     /// The session's sender once it is up; `None` if it is lost (or never came up).
     async fn sender(&self) -> Option<SendRequest<BridgeBody>> {
+        // Fast path: the session is up (or lost) already; no timer, no wait.
+        match &*self.session.borrow() {
+            Session::Up(sender) => return Some(sender.clone()),
+            Session::Lost => return None,
+            Session::Starting => {}
+        }
         let mut rx = self.session.clone();
         let waited = tokio::time::timeout(SESSION_START_WAIT, async {
             rx.wait_for(|s| !matches!(s, Session::Starting))

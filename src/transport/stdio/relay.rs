@@ -141,6 +141,7 @@ async fn relay(config: Config, launcher: Launcher) -> Result<(), TransportError>
         deadline: deadline_rx,
         started: Instant::now(),
         last_activity_ms: AtomicU64::new(0),
+        ids: RequestIds::new(),
     });
     let (stop_tx, stop_rx) = mpsc::channel(4);
     spawn_lifecycle(&lifecycle, &relay, stop_tx);
@@ -534,6 +535,40 @@ struct Relay {
     started: Instant,
     /// Milliseconds since `started` of the last stream (for `idle_exit`).
     last_activity_ms: AtomicU64,
+    ids: RequestIds,
+}
+
+/// Time-ordered request ids (UUID v7 layout) for the relay's access log, without a CSPRNG call
+/// per stream: a random per-process seed plus a counter keeps them unique. They identify log
+/// lines, they are not secrets.
+struct RequestIds {
+    seed: u64,
+    counter: AtomicU64,
+}
+
+impl RequestIds {
+    fn new() -> Self {
+        let mut seed = [0u8; 8];
+        // A fixed seed only makes ids of two relays collide in a shared log; never fatal.
+        let _ = getrandom::fill(&mut seed);
+        RequestIds {
+            seed: u64::from_le_bytes(seed),
+            counter: AtomicU64::new(0),
+        }
+    }
+
+    fn next(&self) -> String {
+        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        let millis = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let mut random = [0u8; 10];
+        random[..8].copy_from_slice(&(self.seed ^ n).to_be_bytes());
+        random[8..].copy_from_slice(&(n as u16).to_be_bytes());
+        uuid::Builder::from_unix_timestamp_millis(millis, &random)
+            .into_uuid()
+            .to_string()
+    }
 }
 
 /// One access-log record, written when the stream's response body ends or is dropped.
@@ -566,7 +601,7 @@ impl Relay {
         self.touch();
         let (mut parts, body) = req.into_parts();
         let mut record = AccessRecord {
-            request_id: uuid::Uuid::now_v7().to_string(),
+            request_id: self.ids.next(),
             method: parts.method.clone(),
             route: None,
             status: 0,
@@ -744,6 +779,15 @@ mod tests {
     }
 
     #[test]
+    fn request_ids_are_unique_uuid_v7() {
+        let ids = RequestIds::new();
+        let a: uuid::Uuid = ids.next().parse().unwrap();
+        let b: uuid::Uuid = ids.next().parse().unwrap();
+        assert_ne!(a, b);
+        assert_eq!(a.get_version_num(), 7);
+    }
+
+    #[test]
     fn scrubs_relay_config_and_secret_variables_only() {
         let l = launcher(&["MY_UPSTREAM_KEY"]);
         for name in [
@@ -790,6 +834,7 @@ mod tests {
             deadline: deadline_tx.subscribe(),
             started: Instant::now(),
             last_activity_ms: AtomicU64::new(0),
+            ids: RequestIds::new(),
         });
         let mut s = Supervisor {
             relay,
