@@ -347,6 +347,7 @@ pub struct Proc {
     pub pid: u32,
     stdout: Lines<BufReader<ChildStdout>>,
     stderr: Arc<Mutex<Vec<String>>>,
+    stderr_done: Option<tokio::task::JoinHandle<()>>,
     label: &'static str,
 }
 
@@ -374,7 +375,7 @@ impl Proc {
         let stderr: Arc<Mutex<Vec<String>>> = Arc::default();
         let sink = stderr.clone();
         let mut err_lines = BufReader::new(child.stderr.take().unwrap()).lines();
-        tokio::spawn(async move {
+        let stderr_done = tokio::spawn(async move {
             while let Ok(Some(line)) = err_lines.next_line().await {
                 sink.lock().unwrap().push(line);
             }
@@ -384,6 +385,7 @@ impl Proc {
             pid,
             stdout,
             stderr,
+            stderr_done: Some(stderr_done),
             label,
         }
     }
@@ -406,11 +408,16 @@ impl Proc {
         signal(self.pid, sig);
     }
 
+    /// Waits for the exit, then for stderr to be read to its end.
     pub async fn wait(&mut self) -> ExitStatus {
-        tokio::time::timeout(WAIT, self.child.wait())
+        let status = tokio::time::timeout(WAIT, self.child.wait())
             .await
             .unwrap_or_else(|_| panic!("{} did not exit within {WAIT:?}", self.label))
-            .unwrap()
+            .unwrap();
+        if let Some(done) = self.stderr_done.take() {
+            let _ = tokio::time::timeout(WAIT, done).await;
+        }
+        status
     }
 }
 

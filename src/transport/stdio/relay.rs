@@ -597,7 +597,8 @@ impl Relay {
     /// One stream: policy (token first), rate limit, forward; SPEC §4 order, as in `serve`.
     async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<Tracked> {
         self.metrics.requests.fetch_add(1, Ordering::Relaxed);
-        self.metrics.in_flight.fetch_add(1, Ordering::AcqRel);
+        // Released when the response body ends, or here if the stream is reset mid-way.
+        let slot = InFlightSlot::enter(&self.metrics);
         self.touch();
         let (mut parts, body) = req.into_parts();
         let mut record = AccessRecord {
@@ -628,6 +629,7 @@ impl Relay {
                 bytes: 0,
                 record: Some(record),
                 metrics: self.metrics.clone(),
+                _slot: slot,
             },
         )
     }
@@ -695,6 +697,22 @@ impl Relay {
     }
 }
 
+/// One stream counted in the in-flight gauge until dropped.
+struct InFlightSlot(Arc<Metrics>);
+
+impl InFlightSlot {
+    fn enter(metrics: &Arc<Metrics>) -> Self {
+        metrics.in_flight.fetch_add(1, Ordering::AcqRel);
+        InFlightSlot(metrics.clone())
+    }
+}
+
+impl Drop for InFlightSlot {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// Milliseconds with microsecond precision, for log fields.
 fn round_ms(d: Duration) -> f64 {
     (d.as_micros() as f64) / 1e3
@@ -709,12 +727,12 @@ pin_project_lite::pin_project! {
         bytes: u64,
         record: Option<AccessRecord>,
         metrics: Arc<Metrics>,
+        _slot: InFlightSlot,
     }
 
     impl PinnedDrop for Tracked {
         fn drop(this: Pin<&mut Self>) {
             let this = this.project();
-            this.metrics.in_flight.fetch_sub(1, Ordering::AcqRel);
             if let Some(r) = this.record.take() {
                 this.metrics.bytes_out.fetch_add(*this.bytes, Ordering::Relaxed);
                 let req_bytes = r.req_state.as_ref().map_or(0, |s| s.bytes());
