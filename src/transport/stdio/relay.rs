@@ -141,7 +141,7 @@ async fn relay(config: Config, launcher: Launcher) -> Result<(), TransportError>
         deadline: deadline_rx,
         started: Instant::now(),
         last_activity_ms: AtomicU64::new(0),
-        ids: RequestIds::new(),
+        ids: telemetry::RequestIds::default(),
     });
     let (stop_tx, stop_rx) = mpsc::channel(4);
     spawn_lifecycle(&lifecycle, &relay, stop_tx);
@@ -467,13 +467,16 @@ fn server_builder() -> hyper::server::conn::http2::Builder<TokioExecutor> {
 /// Starts the watchers that stop the relay: signals, lifeline, lifetime, idle.
 fn spawn_lifecycle(lifecycle: &Lifecycle, relay: &Arc<Relay>, stop: mpsc::Sender<ExitReason>) {
     {
+        // Installed now, before the readiness line: a SIGTERM right after it must stop the
+        // relay cleanly (exit line, child reaped), not kill it.
+        use tokio::signal::unix::{signal, SignalKind};
+        let handlers = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        );
         let stop = stop.clone();
         tokio::spawn(async move {
-            use tokio::signal::unix::{signal, SignalKind};
-            let (Ok(mut term), Ok(mut int)) = (
-                signal(SignalKind::terminate()),
-                signal(SignalKind::interrupt()),
-            ) else {
+            let (Ok(mut term), Ok(mut int)) = handlers else {
                 tracing::error!("cannot install signal handlers");
                 return;
             };
@@ -535,40 +538,7 @@ struct Relay {
     started: Instant,
     /// Milliseconds since `started` of the last stream (for `idle_exit`).
     last_activity_ms: AtomicU64,
-    ids: RequestIds,
-}
-
-/// Time-ordered request ids (UUID v7 layout) for the relay's access log, without a CSPRNG call
-/// per stream: a random per-process seed plus a counter keeps them unique. They identify log
-/// lines, they are not secrets.
-struct RequestIds {
-    seed: u64,
-    counter: AtomicU64,
-}
-
-impl RequestIds {
-    fn new() -> Self {
-        let mut seed = [0u8; 8];
-        // A fixed seed only makes ids of two relays collide in a shared log; never fatal.
-        let _ = getrandom::fill(&mut seed);
-        RequestIds {
-            seed: u64::from_le_bytes(seed),
-            counter: AtomicU64::new(0),
-        }
-    }
-
-    fn next(&self) -> String {
-        let n = self.counter.fetch_add(1, Ordering::Relaxed);
-        let millis = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
-        let mut random = [0u8; 10];
-        random[..8].copy_from_slice(&(self.seed ^ n).to_be_bytes());
-        random[8..].copy_from_slice(&(n as u16).to_be_bytes());
-        uuid::Builder::from_unix_timestamp_millis(millis, &random)
-            .into_uuid()
-            .to_string()
-    }
+    ids: telemetry::RequestIds,
 }
 
 /// One access-log record, written when the stream's response body ends or is dropped.
@@ -580,7 +550,7 @@ struct AccessRecord {
     code: Option<DenyCode>,
     query_keys: String,
     started: Instant,
-    upstream_ms: Option<f64>,
+    upstream_time: Option<Duration>,
     req_state: Option<Arc<BodyState>>,
 }
 
@@ -609,7 +579,7 @@ impl Relay {
             code: None,
             query_keys: String::new(),
             started: Instant::now(),
-            upstream_ms: None,
+            upstream_time: None,
             req_state: None,
         };
         let response = self.respond(&mut parts, body, &mut record).await;
@@ -617,11 +587,8 @@ impl Relay {
         // Connection-specific headers do not exist in HTTP/2; the gateway adds its own.
         parts.headers.remove(CONNECTION);
         record.status = parts.status.as_u16();
-        self.metrics.record_outcome(
-            record.route.as_deref().unwrap_or("-"),
-            record.status,
-            record.code,
-        );
+        self.metrics
+            .record_outcome(record.route.as_ref(), record.status, record.code);
         Response::from_parts(
             parts,
             Tracked {
@@ -687,7 +654,7 @@ impl Relay {
                     .await
                 {
                     Ok(forwarded) => {
-                        record.upstream_ms = Some(round_ms(forwarded.upstream_time));
+                        record.upstream_time = Some(forwarded.upstream_time);
                         forwarded.response
                     }
                     Err(d) => deny(record, d),
@@ -713,11 +680,6 @@ impl Drop for InFlightSlot {
     }
 }
 
-/// Milliseconds with microsecond precision, for log fields.
-fn round_ms(d: Duration) -> f64 {
-    (d.as_micros() as f64) / 1e3
-}
-
 pin_project_lite::pin_project! {
     /// A stream's response body: counts bytes, and writes the access-log line and releases the
     /// in-flight count when it ends.
@@ -737,20 +699,18 @@ pin_project_lite::pin_project! {
                 this.metrics.bytes_out.fetch_add(*this.bytes, Ordering::Relaxed);
                 let req_bytes = r.req_state.as_ref().map_or(0, |s| s.bytes());
                 this.metrics.bytes_in.fetch_add(req_bytes, Ordering::Relaxed);
-                tracing::info!(
-                    target: "access",
-                    request_id = %r.request_id,
-                    method = %r.method,
-                    route = r.route.as_deref().unwrap_or("-"),
-                    status = r.status,
-                    code = r.code.map_or("", DenyCode::as_str),
+                telemetry::access_log(&telemetry::AccessLine {
+                    request_id: &r.request_id,
+                    method: r.method.as_str(),
+                    route: r.route.as_deref().unwrap_or("-"),
+                    status: r.status,
+                    code: r.code.map_or("", DenyCode::as_str),
                     req_bytes,
-                    resp_bytes = *this.bytes,
-                    total_ms = round_ms(r.started.elapsed()),
-                    upstream_ms = r.upstream_ms,
-                    query_keys = %r.query_keys,
-                    "stream"
-                );
+                    resp_bytes: *this.bytes,
+                    total: r.started.elapsed(),
+                    upstream: r.upstream_time,
+                    query_keys: &r.query_keys,
+                });
             }
         }
     }
@@ -794,15 +754,6 @@ mod tests {
             token: BridgeToken::new("t".into()),
             secret_envs: secret_envs.iter().map(|s| s.to_string()).collect(),
         }
-    }
-
-    #[test]
-    fn request_ids_are_unique_uuid_v7() {
-        let ids = RequestIds::new();
-        let a: uuid::Uuid = ids.next().parse().unwrap();
-        let b: uuid::Uuid = ids.next().parse().unwrap();
-        assert_ne!(a, b);
-        assert_eq!(a.get_version_num(), 7);
     }
 
     #[test]
@@ -852,7 +803,7 @@ mod tests {
             deadline: deadline_tx.subscribe(),
             started: Instant::now(),
             last_activity_ms: AtomicU64::new(0),
-            ids: RequestIds::new(),
+            ids: telemetry::RequestIds::default(),
         });
         let mut s = Supervisor {
             relay,

@@ -1,0 +1,25 @@
+# callback-bridge container image: build stage + a runtime stage that holds only the binary and
+# the C runtime it links (glibc, libgcc). The runtime image has no shell: shutdown is by signal,
+# and the health check runs the binary itself (`callback-bridge health`), so no curl is needed.
+
+FROM rust:1-bookworm AS build
+WORKDIR /src
+COPY . .
+# The commit shown by `callback-bridge --version` (the .git folder is not copied into the image).
+ARG CALLBACK_BRIDGE_GIT_COMMIT=unknown
+ENV CALLBACK_BRIDGE_GIT_COMMIT=${CALLBACK_BRIDGE_GIT_COMMIT}
+RUN cargo build --release --locked --bin callback-bridge \
+ && cp target/release/callback-bridge /usr/local/bin/callback-bridge
+
+# Debian 12 C runtime, no shell, runs as uid 65532 ("nonroot").
+FROM gcr.io/distroless/cc-debian12:nonroot
+COPY --from=build /usr/local/bin/callback-bridge /usr/local/bin/callback-bridge
+# Configuration comes from CALLBACK_BRIDGE_* variables (see config/bridge.toml). The listener
+# stays on loopback: the agent shares the pod's / container's network namespace.
+ENV CALLBACK_BRIDGE_LISTEN=127.0.0.1:8080 \
+    CALLBACK_BRIDGE_LOG_FORMAT=json
+USER nonroot:nonroot
+HEALTHCHECK --interval=10s --timeout=3s --start-period=2s --retries=3 \
+  CMD ["/usr/local/bin/callback-bridge", "health"]
+ENTRYPOINT ["/usr/local/bin/callback-bridge"]
+CMD ["serve"]

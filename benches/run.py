@@ -1,0 +1,275 @@
+#!/usr/bin/env python3
+"""Benchmark driver: same scenarios against the upstream directly, nginx, and callback-bridge.
+
+CPU pinning (2-core machine): the proxy under test (nginx with one worker, or the bridge, which
+runs a single-threaded runtime) is pinned to CPU 0; the load generator (wrk, one thread) and the
+upstream are pinned to CPU 1. So the proxy gets one core to itself, and every scenario sees the
+same generator and upstream. Ratios against direct and nginx are taken within this one run.
+"""
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BIN = os.path.join(ROOT, "target/release/callback-bridge")
+UPSTREAM_BIN = os.path.join(ROOT, "target/release/examples/bench_upstream")
+DURATION = int(os.environ.get("BENCH_DURATION", "10"))
+PROXY_CPU = os.environ.get("BENCH_PROXY_CPU", "0")
+LOAD_CPU = os.environ.get("BENCH_LOAD_CPU", "1")
+TOKEN = "bench-bridge-token-0123456789abcdefghijklmnopq"
+UPSTREAM_TOKEN = "bench-upstream-secret"
+GET_PATH = "/api/agents/me"
+POST_PATH = "/api/issues/ISS-1/comments"
+POST_BYTES = 64 * 1024
+NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def read_ready(proc, timeout=10.0):
+    """First stdout line of a spawned process, parsed as JSON."""
+    deadline = time.monotonic() + timeout
+    line = b""
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if line:
+            return json.loads(line)
+        if proc.poll() is not None:
+            break
+    raise RuntimeError(f"no ready line from {proc.args}: {line!r}")
+
+
+def rss_kib(pid, field="VmRSS"):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    return 0
+
+
+def start_upstream():
+    p = subprocess.Popen(["taskset", "-c", LOAD_CPU, UPSTREAM_BIN, "127.0.0.1:0"],
+                         stdout=subprocess.PIPE)
+    return p, read_ready(p)["url"]
+
+
+def start_bridge(upstream_url, extra=()):
+    env = dict(os.environ, CALLBACK_BRIDGE_TOKEN=TOKEN, CALLBACK_BRIDGE_UPSTREAM_TOKEN=UPSTREAM_TOKEN,
+               CALLBACK_BRIDGE_LOG_FORMAT="json")
+    args = ["taskset", "-c", PROXY_CPU, BIN, "serve", "--upstream", upstream_url,
+            # The benchmark measures the proxy path, not the limiter: lift the rate limit and
+            # let 50 connections be in flight.
+            "--rate-limit-per-second", "0", "--max-in-flight", "256", *extra]
+    p = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
+    return p, read_ready(p)["url"]
+
+
+def start_nginx(upstream_url, tmp):
+    port = free_port()
+    up = upstream_url.removeprefix("http://")
+    conf = f"""
+worker_processes 1;
+daemon off;
+pid {tmp}/nginx.pid;
+error_log {tmp}/error.log warn;
+events {{ worker_connections 1024; }}
+http {{
+  access_log /dev/null;
+  client_body_temp_path {tmp}/body; proxy_temp_path {tmp}/proxy;
+  fastcgi_temp_path {tmp}/fcgi; uwsgi_temp_path {tmp}/uwsgi; scgi_temp_path {tmp}/scgi;
+  client_max_body_size 11m;
+  map_hash_bucket_size 128;
+  client_body_buffer_size 128k;
+  upstream paperclip {{ server {up}; keepalive 64; }}
+  map $http_authorization $bridge_ok {{ default 0; "Bearer {TOKEN}" 1; }}
+  server {{
+    listen 127.0.0.1:{port};
+    location = {GET_PATH} {{
+      if ($bridge_ok = 0) {{ return 401; }}
+      limit_except GET {{ deny all; }}
+      proxy_pass http://paperclip;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header Cookie "";
+      proxy_set_header Authorization "Bearer {UPSTREAM_TOKEN}";
+    }}
+    location ~ ^/api/issues/[^/]+/comments$ {{
+      if ($bridge_ok = 0) {{ return 401; }}
+      proxy_pass http://paperclip;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header Cookie "";
+      proxy_set_header Authorization "Bearer {UPSTREAM_TOKEN}";
+    }}
+    location / {{ return 403; }}
+  }}
+}}
+"""
+    path = os.path.join(tmp, "nginx.conf")
+    with open(path, "w") as f:
+        f.write(conf)
+    p = subprocess.Popen(["taskset", "-c", PROXY_CPU, NGINX, "-c", path, "-p", tmp],
+                         stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return p, url
+        except OSError:
+            time.sleep(0.02)
+    raise RuntimeError("nginx did not start")
+
+
+def wrk(url, conns, method, tmp):
+    script = os.path.join(tmp, f"{method}.lua")
+    with open(script, "w") as f:
+        if method == "POST":
+            f.write(f'wrk.method = "POST"\nwrk.body = string.rep("x", {POST_BYTES - 10})\n'
+                    f'wrk.body = \'{{"body":"\' .. wrk.body .. \'"}}\'\n'
+                    'wrk.headers["Content-Type"] = "application/json"\n')
+        f.write(f'wrk.headers["Authorization"] = "Bearer {TOKEN}"\n')
+    path = POST_PATH if method == "POST" else GET_PATH
+    out = subprocess.run(
+        ["taskset", "-c", LOAD_CPU, "wrk", "-t1", f"-c{conns}", f"-d{DURATION}s", "--latency",
+         "-s", script, url + path],
+        capture_output=True, text=True, timeout=DURATION + 60).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+
+    def pct(p):
+        m = re.search(rf"^\s+{p}%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
+        v, unit = float(m.group(1)), m.group(2)
+        return v * {"us": 1e-3, "ms": 1.0, "s": 1e3}[unit]
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    errors = re.search(r"Socket errors: (.*)", out)
+    if non2xx or errors:
+        print(f"  warning: {url}{path} c={conns}: non-2xx={non2xx and non2xx.group(1)} "
+              f"errors={errors and errors.group(1)}", file=sys.stderr)
+    return {"rps": rps, "p50": pct(50), "p99": pct(99)}
+
+
+def startup_times(upstream_url, runs=30):
+    times = []
+    env = dict(os.environ, CALLBACK_BRIDGE_UPSTREAM_TOKEN=UPSTREAM_TOKEN)
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        p = subprocess.Popen([BIN, "serve", "--upstream", upstream_url], stdout=subprocess.PIPE,
+                             stderr=subprocess.DEVNULL, env=env)
+        p.stdout.readline()
+        times.append((time.perf_counter() - t0) * 1e3)
+        p.send_signal(signal.SIGTERM)
+        p.wait(timeout=10)
+    return times
+
+
+def spawn_baseline(runs=30):
+    """exec -> first line of /bin/echo: the cost of spawning any process from this driver."""
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        p = subprocess.Popen(["/bin/echo", "ready"], stdout=subprocess.PIPE)
+        p.stdout.readline()
+        times.append((time.perf_counter() - t0) * 1e3)
+        p.wait()
+    return times
+
+
+def upload_growth(upstream_url):
+    """RSS growth of a fresh bridge while one 10 MiB upload streams through it."""
+    p, url = start_bridge(upstream_url)
+    try:
+        req = urllib.request.Request(url + GET_PATH, headers={"Authorization": f"Bearer {TOKEN}"})
+        urllib.request.urlopen(req, timeout=10).read()
+        before = rss_kib(p.pid, "VmHWM")
+        body = b"{" + b" " * (10 * 1024 * 1024 - 2) + b"}"
+        req = urllib.request.Request(
+            url + "/api/companies/c1/issues/ISS-1/attachments", data=body, method="POST",
+            headers={"Authorization": f"Bearer {TOKEN}",
+                     "Content-Type": "multipart/form-data; boundary=x"})
+        urllib.request.urlopen(req, timeout=60).read()
+        after = rss_kib(p.pid, "VmHWM")
+        return before, after
+    finally:
+        p.send_signal(signal.SIGTERM)
+        p.wait(timeout=10)
+
+
+def main():
+    for tool in ("wrk", "taskset"):
+        if not shutil.which(tool):
+            sys.exit(f"{tool} not found (benches/run.sh installs it)")
+    tmp = tempfile.mkdtemp(prefix="cb-bench-")
+    procs = []
+    try:
+        up, up_url = start_upstream()
+        procs.append(up)
+        ngx, ngx_url = start_nginx(up_url, tmp)
+        procs.append(ngx)
+        br, br_url = start_bridge(up_url)
+        procs.append(br)
+        idle_rss = rss_kib(br.pid)
+
+        scenarios = [("small GET", 1, "GET"), ("small GET", 50, "GET"),
+                     ("64 KiB POST", 1, "POST"), ("64 KiB POST", 50, "POST")]
+        rows = []
+        for name, conns, method in scenarios:
+            res = {}
+            for target, url in (("direct", up_url), ("nginx", ngx_url), ("bridge", br_url)):
+                wrk(url, conns, method, tmp)  # warm-up pass, short connections re-used
+                res[target] = wrk(url, conns, method, tmp)
+            rows.append((name, conns, res))
+        peak_rss = rss_kib(br.pid, "VmHWM")
+
+        boot = startup_times(up_url)
+        spawn = spawn_baseline()
+        before, after = upload_growth(up_url)
+
+        print(f"\n## callback-bridge benchmark ({DURATION}s per run, proxy on CPU {PROXY_CPU}, "
+              f"wrk + upstream on CPU {LOAD_CPU})\n")
+        print("| scenario | conns | target | req/s | p50 ms | p99 ms | req/s vs direct | "
+              "req/s vs nginx | added p50 ms |")
+        print("|---|---|---|---|---|---|---|---|---|")
+        for name, conns, res in rows:
+            d, n = res["direct"], res["nginx"]
+            for target in ("direct", "nginx", "bridge"):
+                r = res[target]
+                added = r["p50"] - d["p50"]
+                print(f"| {name} | {conns} | {target} | {r['rps']:.0f} | {r['p50']:.3f} | "
+                      f"{r['p99']:.3f} | {r['rps'] / d['rps']:.2f} | {r['rps'] / n['rps']:.2f} | "
+                      f"{added:.3f} |")
+        print()
+        print(f"* exec -> readiness line: median {statistics.median(boot):.2f} ms over {len(boot)} "
+              f"runs (min {min(boot):.2f}, max {max(boot):.2f}); spawning /bin/echo from the same "
+              f"driver: median {statistics.median(spawn):.2f} ms")
+        print(f"* idle RSS: {idle_rss / 1024:.2f} MiB; peak RSS over the load runs: "
+              f"{peak_rss / 1024:.2f} MiB")
+        print(f"* 10 MiB upload: peak RSS {before / 1024:.2f} -> {after / 1024:.2f} MiB "
+              f"(+{(after - before) / 1024:.2f} MiB)")
+        size = os.path.getsize(BIN)
+        print(f"* release binary: {size} bytes ({size / 1024 / 1024:.2f} MiB)")
+    finally:
+        for p in procs:
+            p.send_signal(signal.SIGTERM)
+        for p in procs:
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
