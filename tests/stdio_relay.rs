@@ -461,3 +461,30 @@ async fn the_relay_reapplies_the_policy_when_the_gateway_is_lax() {
         "the secrets route reached the upstream"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_relay_refuses_streams_with_a_forged_token() {
+    let upstream = MockUpstream::start().await;
+    // A hostile sandbox replaces the token it was given with its own.
+    let relay = Relay::start(
+        &upstream,
+        RelayOptions {
+            shell_prefix: Some("CALLBACK_BRIDGE_TOKEN=forged-token; export CALLBACK_BRIDGE_TOKEN"),
+            ..Default::default()
+        },
+    )
+    .await;
+    let (_serve, serve_addr) = start_serve(&upstream).await;
+    let raw =
+        "GET /api/agents/me HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer forged-token\r\n\r\n";
+    let via_stdio = raw_request(relay.agent, raw.as_bytes()).await;
+    let direct = raw_request(serve_addr, raw.as_bytes()).await;
+    assert_eq!(via_stdio.status, 401);
+    assert_eq!(via_stdio.code(), "invalid_token");
+    assert_eq!(via_stdio.body, direct.body);
+    assert_eq!(via_stdio.header("connection"), Some("close"));
+    assert!(
+        upstream.seen().is_empty(),
+        "a forged stream reached the upstream"
+    );
+}

@@ -51,11 +51,15 @@ const PORT_WAIT: Duration = Duration::from_secs(5);
 /// Pause between attempts to bind a port that is still in use.
 const PORT_RETRY_INTERVAL: Duration = Duration::from_millis(50);
 
-/// Paperclip's gateway environment (SPEC §6), read only where no flag or `CALLBACK_BRIDGE_*`
-/// variable gave the value.
+// Paperclip's gateway environment (SPEC §6), read only where no flag or `CALLBACK_BRIDGE_*`
+// variable gave the value.
+/// Listen host (default `127.0.0.1`), used together with [`PAPERCLIP_PORT_ENV`].
 const PAPERCLIP_HOST_ENV: &str = "PAPERCLIP_BRIDGE_HOST";
+/// Listen port; makes `listen` = `PAPERCLIP_BRIDGE_HOST:PAPERCLIP_BRIDGE_PORT`.
 const PAPERCLIP_PORT_ENV: &str = "PAPERCLIP_BRIDGE_PORT";
+/// `max_body_bytes`.
 const PAPERCLIP_MAX_BODY_ENV: &str = "PAPERCLIP_BRIDGE_MAX_BODY_BYTES";
+/// `--response-timeout`, in milliseconds.
 const PAPERCLIP_RESPONSE_TIMEOUT_ENV: &str = "PAPERCLIP_BRIDGE_RESPONSE_TIMEOUT_MS";
 
 /// `callback-bridge gateway --transport stdio`.

@@ -18,8 +18,9 @@ use crate::auth::BridgeToken;
 pub const TOKEN_ENV: &str = "CALLBACK_BRIDGE_TOKEN";
 /// Environment variable carrying the session nonce to the gateway.
 pub const NONCE_ENV: &str = "CALLBACK_BRIDGE_NONCE";
-/// Paperclip's names for the same two values (`paperclip-bridge-server.mjs`).
+/// Paperclip's name for the bridge token (`paperclip-bridge-server.mjs`), accepted as an alias.
 pub const PAPERCLIP_TOKEN_ENV: &str = "PAPERCLIP_BRIDGE_TOKEN";
+/// Paperclip's name for the nonce, accepted as an alias.
 pub const PAPERCLIP_NONCE_ENV: &str = "PAPERCLIP_BRIDGE_NONCE";
 /// Random bytes in a nonce: 16, hex-encoded to 32 characters, as Paperclip's host does.
 pub const NONCE_BYTES: usize = 16;
