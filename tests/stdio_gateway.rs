@@ -304,3 +304,71 @@ async fn accepts_paperclip_gateway_environment() {
     .await;
     assert_eq!(denied.status, 401);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn works_under_a_node_http2_host_speaking_paperclip_http2_v1() {
+    let port = free_port();
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/stdio_support/node_host.mjs"
+    );
+    let mut cmd = Command::new("node");
+    cmd.arg(script).arg(bin()).arg(port.to_string());
+    let mut host = Proc::spawn(cmd, "node host");
+    let ready = host.next_json().await.expect("node host readiness");
+    assert_eq!(ready["event"], "ready");
+    let agent = SocketAddr::from(([127, 0, 0, 1], port));
+    let auth = "Bearer node-host-token-42";
+
+    let got = request(
+        agent,
+        "GET",
+        "/api/agents/me?q=1",
+        &[("authorization", auth)],
+        Send::Empty,
+    )
+    .await;
+    assert_eq!(got.status, 200, "{}", String::from_utf8_lossy(&got.body));
+    let seen = got.json();
+    assert_eq!(seen["method"], "GET");
+    assert_eq!(seen["path"], "/api/agents/me?q=1");
+    assert_eq!(seen["authority"], "bridge.internal");
+    assert_eq!(seen["token_ok"], true);
+
+    let got = request(
+        agent,
+        "POST",
+        "/api/issues/i1/comments",
+        &[
+            ("authorization", auth),
+            ("content-type", "application/json"),
+        ],
+        Send::Chunked(vec![b'x'; 100_000], 4096),
+    )
+    .await;
+    assert_eq!(got.status, 200);
+    assert_eq!(got.json()["body_bytes"], 100_000);
+
+    let got = request(
+        agent,
+        "POST",
+        "/api/routines/r1/run",
+        &[
+            ("authorization", auth),
+            ("content-type", "application/json"),
+        ],
+        Send::Sized(b"{}".to_vec()),
+    )
+    .await;
+    assert_eq!(got.status, 200);
+    let got = request(
+        agent,
+        "DELETE",
+        "/api/routine-triggers/indeterminate",
+        &[("authorization", auth)],
+        Send::Empty,
+    )
+    .await;
+    assert_eq!(got.status, 409, "indeterminate answer not turned into 409");
+    host.signal("TERM");
+}

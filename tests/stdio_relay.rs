@@ -488,3 +488,84 @@ async fn the_relay_refuses_streams_with_a_forged_token() {
         "a forged stream reached the upstream"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serves_a_node_http2_gateway_speaking_paperclip_http2_v1() {
+    let upstream = MockUpstream::start().await;
+    let port = free_port();
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/stdio_support/node_gateway.mjs"
+    );
+    // Paperclip's gateway reads PAPERCLIP_BRIDGE_*: an adapter maps the names in the launch command.
+    let launch = format!(
+        "PAPERCLIP_BRIDGE_TOKEN=\"$CALLBACK_BRIDGE_TOKEN\" PAPERCLIP_BRIDGE_NONCE=\"$CALLBACK_BRIDGE_NONCE\" \
+         PAPERCLIP_BRIDGE_PORT={port} exec node '{script}'"
+    );
+    let mut cmd = bridge_command(&upstream);
+    cmd.env("CALLBACK_BRIDGE_TOKEN", BRIDGE_TOKEN).args([
+        "relay",
+        "--transport",
+        "stdio",
+        "--",
+        "sh",
+        "-c",
+        &launch,
+    ]);
+    let mut relay = Proc::spawn(cmd, "relay");
+    let ready = relay.next_json().await.expect("relay readiness line");
+    assert_eq!(ready["event"], "ready", "{ready}");
+    let agent: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let auth = format!("Bearer {BRIDGE_TOKEN}");
+
+    let got = request(
+        agent,
+        "GET",
+        "/api/agents/me?x=1",
+        &[("authorization", &auth)],
+        Send::Empty,
+    )
+    .await;
+    assert_eq!(got.status, 200, "{}", String::from_utf8_lossy(&got.body));
+    assert_eq!(got.json()["target"], "/api/agents/me?x=1");
+    let expected_auth = format!("Bearer {UPSTREAM_SECRET}");
+    assert_eq!(
+        upstream.find("/api/agents/me?x=1").headers["authorization"],
+        expected_auth.as_str()
+    );
+
+    let bytes = pattern(200 * 1024 + 1, 3);
+    let got = request(
+        agent,
+        "POST",
+        "/api/companies/c1/issues/i1/attachments",
+        &[
+            ("authorization", &auth),
+            ("content-type", "multipart/form-data; boundary=b"),
+        ],
+        Send::Sized(bytes.clone()),
+    )
+    .await;
+    assert_eq!(got.status, 200);
+    assert!(
+        got.body == bytes,
+        "binary body differs through the Node gateway"
+    );
+
+    // The Node gateway checks no routes: the relay's policy answers.
+    let denied = request(
+        agent,
+        "GET",
+        "/api/companies/c1/secrets",
+        &[("authorization", &auth)],
+        Send::Empty,
+    )
+    .await;
+    assert_eq!(denied.status, 403);
+    assert_eq!(denied.code(), "route_not_allowed");
+    assert_eq!(
+        upstream.seen().len(),
+        2,
+        "the denied request reached the upstream"
+    );
+}
