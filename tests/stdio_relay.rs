@@ -491,6 +491,17 @@ async fn the_relay_refuses_streams_with_a_forged_token() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serves_a_node_http2_gateway_speaking_paperclip_http2_v1() {
+    node_gateway_round_trip(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_ended_by_an_empty_data_frame_have_no_body() {
+    // A bodiless GET whose stream ends with an empty DATA frame must not look like a GET with a
+    // body (400); real bodies still arrive byte-exact.
+    node_gateway_round_trip(true).await;
+}
+
+async fn node_gateway_round_trip(end_with_data: bool) {
     let upstream = MockUpstream::start().await;
     let port = free_port();
     let script = concat!(
@@ -503,15 +514,12 @@ async fn serves_a_node_http2_gateway_speaking_paperclip_http2_v1() {
          PAPERCLIP_BRIDGE_PORT={port} exec node '{script}'"
     );
     let mut cmd = bridge_command(&upstream);
-    cmd.env("CALLBACK_BRIDGE_TOKEN", BRIDGE_TOKEN).args([
-        "relay",
-        "--transport",
-        "stdio",
-        "--",
-        "sh",
-        "-c",
-        &launch,
-    ]);
+    cmd.env("CALLBACK_BRIDGE_TOKEN", BRIDGE_TOKEN)
+        .env(
+            "NODE_GATEWAY_END_WITH_DATA",
+            if end_with_data { "1" } else { "0" },
+        )
+        .args(["relay", "--transport", "stdio", "--", "sh", "-c", &launch]);
     let mut relay = Proc::spawn(cmd, "relay");
     let ready = relay.next_json().await.expect("relay readiness line");
     assert_eq!(ready["event"], "ready", "{ready}");

@@ -9,6 +9,9 @@ import { Duplex } from "node:stream";
 const token = process.env.PAPERCLIP_BRIDGE_TOKEN;
 const nonce = process.env.PAPERCLIP_BRIDGE_NONCE;
 const port = Number(process.env.PAPERCLIP_BRIDGE_PORT);
+// With NODE_GATEWAY_END_WITH_DATA=1 every stream is ended by a (possibly empty) DATA frame, as
+// some HTTP/2 clients do, instead of END_STREAM on the HEADERS frame of a bodiless request.
+const endWithData = process.env.NODE_GATEWAY_END_WITH_DATA === "1";
 const forwarded = ["accept", "content-type", "if-match", "if-none-match", "x-paperclip-github-capability"];
 
 let session;
@@ -30,7 +33,7 @@ const server = http.createServer((req, res) => {
     for (const name of forwarded) {
       if (req.headers[name] !== undefined) headers[name] = req.headers[name];
     }
-    const stream = session.request(headers, { endStream: body.length === 0 });
+    const stream = session.request(headers, { endStream: !endWithData && body.length === 0 });
     stream.on("response", (head) => {
       const out = {};
       for (const [name, value] of Object.entries(head)) {
@@ -45,7 +48,7 @@ const server = http.createServer((req, res) => {
       });
     });
     stream.on("error", (e) => fail(res, 502, String(e)));
-    if (body.length > 0) stream.end(body);
+    if (endWithData || body.length > 0) stream.end(body);
   });
 });
 

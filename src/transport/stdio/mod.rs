@@ -14,6 +14,7 @@
 pub mod gateway;
 pub mod handshake;
 pub mod io;
+pub mod peek;
 pub mod ready;
 pub mod relay;
 

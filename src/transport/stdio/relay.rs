@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::header::{HeaderValue, CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
+use http::header::{HeaderValue, AUTHORIZATION, CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::{Method, Request, Response};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -32,6 +32,7 @@ use tokio::sync::{mpsc, watch};
 
 use super::handshake::{self, PAPERCLIP_NONCE_ENV, PAPERCLIP_TOKEN_ENV};
 use super::io::Duplex;
+use super::peek::{self, PeekOutcome, Peeked};
 use super::ready::{self, GateError};
 use super::{
     CONNECTION_WINDOW_BYTES, MAX_CONCURRENT_STREAMS, MAX_HEADER_LIST_BYTES, MAX_HEADER_PAIRS,
@@ -138,6 +139,7 @@ async fn relay(config: Config, launcher: Launcher) -> Result<(), TransportError>
         forwarder,
         metrics: metrics.clone(),
         rate: RateLimit::new(limits.rate),
+        body_idle_timeout: limits.body_idle_timeout,
         deadline: deadline_rx,
         started: Instant::now(),
         last_activity_ms: AtomicU64::new(0),
@@ -534,6 +536,8 @@ struct Relay {
     forwarder: Forwarder,
     metrics: Arc<Metrics>,
     rate: RateLimit,
+    /// Longest wait for a request body's first frame (the forwarder applies it to the rest).
+    body_idle_timeout: Duration,
     deadline: watch::Receiver<bool>,
     started: Instant,
     /// Milliseconds since `started` of the last stream (for `idle_exit`).
@@ -616,12 +620,40 @@ impl Relay {
             return deny(record, too_many);
         }
         // HTTP/2 has no Transfer-Encoding: a body without Content-Length is what HTTP/1.1 calls
-        // chunked, and the policy must see that it has a body.
-        if !parts.headers.contains_key(CONTENT_LENGTH) && !http_body::Body::is_end_stream(&body) {
+        // chunked, and the policy must see that it has a body (and only when it has one).
+        let open_ended =
+            !parts.headers.contains_key(CONTENT_LENGTH) && !http_body::Body::is_end_stream(&body);
+        let token_ok = || {
             parts
                 .headers
-                .insert(TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
-        }
+                .get(AUTHORIZATION)
+                .is_some_and(|v| self.token.verify_authorization(v.as_bytes()))
+        };
+        let body = if open_ended && token_ok() {
+            match peek::peek(body, self.body_idle_timeout).await {
+                PeekOutcome::Empty(body) => body,
+                PeekOutcome::Body(body) => {
+                    parts
+                        .headers
+                        .insert(TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+                    body
+                }
+                PeekOutcome::Stalled => {
+                    let stalled = Deny::new(
+                        DenyCode::BodyTimeout,
+                        "Request body stalled longer than the body idle timeout",
+                    );
+                    return deny(record, stalled);
+                }
+                PeekOutcome::Failed => {
+                    let failed = Deny::new(DenyCode::BadRequest, "Request body could not be read");
+                    return deny(record, failed);
+                }
+            }
+        } else {
+            // Not open-ended, or the policy is about to refuse the token: nothing to read.
+            Peeked::untouched(body)
+        };
         let target = parts.uri.path_and_query().map_or("", |pq| pq.as_str());
         let head = RequestHead {
             method: &parts.method,
@@ -800,6 +832,7 @@ mod tests {
             forwarder,
             metrics: Arc::default(),
             rate: RateLimit::new(None),
+            body_idle_timeout: Duration::from_secs(1),
             deadline: deadline_tx.subscribe(),
             started: Instant::now(),
             last_activity_ms: AtomicU64::new(0),
