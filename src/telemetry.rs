@@ -17,12 +17,17 @@ use crate::policy::DenyCode;
 
 /// Starts the tracing subscriber on stderr. `RUST_LOG` wins over the configured level.
 pub fn init_logging(cfg: &LogConfig) {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(&cfg.level))
-        .unwrap_or_else(|_| EnvFilter::new("info"));
+    use tracing_subscriber::filter::Targets;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    // `RUST_LOG` takes `level` or `target=level` directives (comma-separated). Targets, not
+    // EnvFilter: the same syntax without span filters, and without a regex engine in the binary.
+    let filter = std::env::var("RUST_LOG")
+        .ok()
+        .and_then(|v| v.parse::<Targets>().ok())
+        .or_else(|| cfg.level.parse::<Targets>().ok())
+        .unwrap_or_else(|| Targets::new().with_default(tracing::Level::INFO));
     let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_target(false);
     let result = match cfg.format {
@@ -30,8 +35,10 @@ pub fn init_logging(cfg: &LogConfig) {
             .json()
             .flatten_event(true)
             .with_current_span(false)
+            .finish()
+            .with(filter)
             .try_init(),
-        LogFormat::Pretty => builder.try_init(),
+        LogFormat::Pretty => builder.finish().with(filter).try_init(),
     };
     // A second init (tests, repeated calls) keeps the first subscriber.
     let _ = result;
@@ -167,6 +174,14 @@ fn push_millis(out: &mut Vec<u8>, d: Duration) {
 /// Appends `s` as a JSON string literal.
 fn json_str(out: &mut Vec<u8>, s: &str) {
     out.push(b'"');
+    if !s
+        .bytes()
+        .any(|b| b == b'"' || b == b'\\' || b < 0x20 || b == 0x7f)
+    {
+        out.extend_from_slice(s.as_bytes());
+        out.push(b'"');
+        return;
+    }
     for &b in s.as_bytes() {
         match b {
             b'"' => out.extend_from_slice(b"\\\""),
