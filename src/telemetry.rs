@@ -174,6 +174,14 @@ fn push_millis(out: &mut Vec<u8>, d: Duration) {
 /// Appends `s` as a JSON string literal.
 fn json_str(out: &mut Vec<u8>, s: &str) {
     out.push(b'"');
+    if !s
+        .bytes()
+        .any(|b| b == b'"' || b == b'\\' || b < 0x20 || b == 0x7f)
+    {
+        out.extend_from_slice(s.as_bytes());
+        out.push(b'"');
+        return;
+    }
     for &b in s.as_bytes() {
         match b {
             b'"' => out.extend_from_slice(b"\\\""),
