@@ -13,7 +13,7 @@
 //! size-capped), a hung or dead exec channel (30 s cap per command, backoff, bounded retries).
 
 use std::collections::{HashSet, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -30,13 +30,14 @@ use super::file::{
     ResponseFile, CLAIMS_PROTOCOL,
 };
 use super::scripts::{self, Announcement, Ops, PutOutput, TakeOutput, TakeParams, Taken};
-use crate::cli::{Lifeline, RelayArgs};
-use crate::config::{Config, Lifecycle};
+use crate::cli::RelayArgs;
+use crate::config::Config;
+use crate::lifecycle::{self, Activity, ExitReason};
 use crate::limits::{BodyError, BodyState, RateLimit};
 use crate::policy::{Allow, Decision, Deny, DenyCode, Policy, RequestHead, TokenCheck};
 use crate::proxy::respond::{deny_body, X_BRIDGE_ERROR, X_OUTCOME};
 use crate::proxy::{is_safe, unknown_outcome, Forwarder};
-use crate::server::{print_line, ExitReason};
+use crate::server::print_line;
 use crate::telemetry::{self, Metrics};
 use crate::transport::TransportError;
 
@@ -126,9 +127,7 @@ struct Core {
     /// by every take before it claims.
     announcement: String,
     deadline: watch::Receiver<bool>,
-    /// Milliseconds since `started` of the last request (for `idle_exit`).
-    last_activity_ms: AtomicU64,
-    started: Instant,
+    activity: Arc<Activity>,
 }
 
 /// What the access log says about one request file.
@@ -186,25 +185,13 @@ pub async fn relay(
 ) -> Result<ExitReason, TransportError> {
     let metrics = Arc::new(Metrics::default());
     let Config {
-        upstream,
-        credential,
-        run_id,
+        target,
         policy,
         limits,
         lifecycle,
         ..
     } = config;
-    if credential.is_none() {
-        tracing::warn!("no upstream credential configured; requests are forwarded without one");
-    }
-    let forwarder = Forwarder::new(
-        upstream,
-        credential,
-        run_id,
-        policy.headers.clone(),
-        &limits,
-        metrics.clone(),
-    );
+    let forwarder = Forwarder::new(target, policy.headers.clone(), &limits, metrics.clone());
     let (deadline_tx, deadline_rx) = watch::channel(false);
     let core = Arc::new(Core {
         dir,
@@ -223,15 +210,15 @@ pub async fn relay(
         })
         .unwrap_or_default(),
         deadline: deadline_rx,
-        last_activity_ms: AtomicU64::new(0),
-        started: Instant::now(),
+        activity: Arc::default(),
     });
 
     let recovered = start_up(&core).await?;
     // Watchers (signal handlers included) exist before the ready line: a SIGTERM right after
     // readiness must stop the relay cleanly, not kill it.
     let (stop_tx, stop_rx) = mpsc::channel(4);
-    spawn_lifecycle(&lifecycle, &core, stop_tx);
+    // Requests are forwarded inside the relay's own loop, which the idle check never interrupts.
+    lifecycle::spawn_watchers(&lifecycle, core.activity.clone(), || false, stop_tx);
     #[derive(serde::Serialize)]
     struct ReadyLine<'a> {
         event: &'static str,
@@ -372,7 +359,7 @@ impl Loop {
             if !self.in_progress.insert(item.id().to_owned()) {
                 continue;
             }
-            self.core.touch();
+            self.core.activity.touch();
             let id = item.id().to_owned();
             match prepare(&self.core, item, recovered) {
                 Prepared::Answer(ready) => self.ready.push(ready),
@@ -664,13 +651,6 @@ impl Loop {
                 () = tokio::time::sleep_until(wake.unwrap_or(now).into()), if wake.is_some() => {}
             }
         }
-    }
-}
-
-impl Core {
-    fn touch(&self) {
-        let ms = self.started.elapsed().as_millis() as u64;
-        self.last_activity_ms.store(ms, Ordering::Relaxed);
     }
 }
 
@@ -974,64 +954,6 @@ async fn forward(core: Arc<Core>, job: Job) -> Ready {
         json: file.to_bytes(),
         since: Instant::now(),
         attempts: 0,
-    }
-}
-
-/// Signals, lifeline, lifetime and idle limits: each sends its reason once.
-fn spawn_lifecycle(lifecycle: &Lifecycle, core: &Arc<Core>, stop: mpsc::Sender<ExitReason>) {
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        let handlers = (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-        );
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            let (Ok(mut term), Ok(mut int)) = handlers else {
-                tracing::error!("cannot install signal handlers");
-                return;
-            };
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
-            }
-            let _ = stop.send(ExitReason::Signal).await;
-        });
-    }
-    if lifecycle.lifeline == Lifeline::Stdin {
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            use tokio::io::AsyncReadExt;
-            let mut stdin = tokio::io::stdin();
-            let mut buf = [0u8; 256];
-            while let Ok(n) = stdin.read(&mut buf).await {
-                if n == 0 {
-                    break;
-                }
-            }
-            let _ = stop.send(ExitReason::Lifeline).await;
-        });
-    }
-    if let Some(lifetime) = lifecycle.max_lifetime {
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(lifetime).await;
-            let _ = stop.send(ExitReason::Lifetime).await;
-        });
-    }
-    if let Some(idle) = lifecycle.idle_exit {
-        let core = core.clone();
-        tokio::spawn(async move {
-            loop {
-                let last = Duration::from_millis(core.last_activity_ms.load(Ordering::Relaxed));
-                tokio::time::sleep_until((core.started + last + idle).into()).await;
-                let now = Duration::from_millis(core.last_activity_ms.load(Ordering::Relaxed));
-                if now == last {
-                    break;
-                }
-            }
-            let _ = stop.send(ExitReason::Idle).await;
-        });
     }
 }
 
