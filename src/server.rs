@@ -12,7 +12,7 @@ use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use http::{Method, Request, Response};
 use hyper::body::Incoming;
@@ -29,7 +29,7 @@ use crate::limits::{BodyState, InFlight, InFlightGuard, RateLimit};
 use crate::policy::{Decision, Deny, DenyCode, LocalEndpoint, Policy, RequestHead, TokenCheck};
 use crate::proxy::respond::{self, X_REQUEST_ID};
 use crate::proxy::{BridgeBody, Forwarded, Forwarder};
-use crate::telemetry::{self, Metrics};
+use crate::telemetry::{self, AccessRecord, Logged, Metrics};
 
 /// After the drain deadline, time allowed for the 503/409 answers to be written before the
 /// remaining connections are cut.
@@ -376,82 +376,6 @@ async fn drain(conns: &mut JoinSet<()>) {
     while conns.join_next().await.is_some() {}
 }
 
-/// One access-log record, emitted when the response body is finished or dropped.
-struct AccessRecord {
-    request_id: String,
-    method: Method,
-    route: Option<Arc<str>>,
-    status: u16,
-    code: Option<DenyCode>,
-    query_keys: String,
-    started: Instant,
-    upstream_time: Option<Duration>,
-    req_state: Option<Arc<BodyState>>,
-    metrics: Arc<Metrics>,
-}
-
-pin_project_lite::pin_project! {
-    /// The response body as sent to the agent: counts bytes, holds the in-flight slot, and writes
-    /// the access log line when it ends.
-    struct Logged {
-        #[pin]
-        inner: BridgeBody,
-        bytes: u64,
-        record: Option<AccessRecord>,
-        _slot: Option<InFlightGuard>,
-    }
-
-    impl PinnedDrop for Logged {
-        fn drop(this: Pin<&mut Self>) {
-            let this = this.project();
-            if let Some(r) = this.record.take() {
-                r.metrics.bytes_out.fetch_add(*this.bytes, Ordering::Relaxed);
-                let req_bytes = r.req_state.as_ref().map_or(0, |s| s.bytes());
-                r.metrics.bytes_in.fetch_add(req_bytes, Ordering::Relaxed);
-                telemetry::access_log(&telemetry::AccessLine {
-                    request_id: &r.request_id,
-                    method: r.method.as_str(),
-                    route: r.route.as_deref().unwrap_or("-"),
-                    status: r.status,
-                    code: r.code.map_or("", DenyCode::as_str),
-                    req_bytes,
-                    resp_bytes: *this.bytes,
-                    total: r.started.elapsed(),
-                    upstream: r.upstream_time,
-                    query_keys: &r.query_keys,
-                });
-            }
-        }
-    }
-}
-
-impl http_body::Body for Logged {
-    type Data = bytes::Bytes;
-    type Error = crate::limits::BodyError;
-
-    fn poll_frame(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
-        let this = self.project();
-        let polled = this.inner.poll_frame(cx);
-        if let std::task::Poll::Ready(Some(Ok(frame))) = &polled {
-            if let Some(data) = frame.data_ref() {
-                *this.bytes += data.len() as u64;
-            }
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        self.inner.size_hint()
-    }
-}
-
 /// The request target as received: origin-form path+query, `*`, or the absolute URI.
 fn raw_target(uri: &http::Uri) -> std::borrow::Cow<'_, str> {
     if uri.scheme().is_some() || uri.authority().is_some() {
@@ -467,8 +391,10 @@ fn raw_target(uri: &http::Uri) -> std::borrow::Cow<'_, str> {
 impl<D: Dispatch> Bridge<D> {
     /// The per-request pipeline, in SPEC §4 order: policy (token, method, target, route,
     /// framing, content type, size, headers), then rate and load limits, then forwarding.
-    async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<Logged> {
-        let started = Instant::now();
+    async fn handle(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+    ) -> Response<Logged<Option<InFlightGuard>>> {
         self.metrics.requests.fetch_add(1, Ordering::Relaxed);
         self.activity.touch();
         let request_id = self.ids.next();
@@ -482,19 +408,7 @@ impl<D: Dispatch> Bridge<D> {
         let decision = self
             .policy
             .evaluate(&head, TokenCheck::Require(&self.token));
-        let mut record = AccessRecord {
-            request_id,
-            method: parts.method.clone(),
-            route: None,
-            status: 0,
-            code: None,
-            // Query keys are logged only once the request is authenticated and allowed.
-            query_keys: String::new(),
-            started,
-            upstream_time: None,
-            req_state: None,
-            metrics: self.metrics.clone(),
-        };
+        let mut record = AccessRecord::new(request_id, parts.method.clone(), self.metrics.clone());
         let mut slot = None;
         let response: Response<BridgeBody> = match decision {
             Decision::Local(LocalEndpoint::Health) => respond::json_ok(b"{\"status\":\"ok\"}"),
@@ -548,15 +462,7 @@ impl<D: Dispatch> Bridge<D> {
         record.status = parts.status.as_u16();
         self.metrics
             .record_outcome(record.route.as_ref(), record.status, record.code);
-        Response::from_parts(
-            parts,
-            Logged {
-                inner,
-                bytes: 0,
-                record: Some(record),
-                _slot: slot,
-            },
-        )
+        Response::from_parts(parts, Logged::new(inner, record, slot))
     }
 }
 

@@ -176,6 +176,11 @@ fn planted_request_files_get_the_http_denials_and_never_reach_the_upstream() {
         "nothing reached the upstream: {:?}",
         up.requests()
     );
+    // The put command publishes the answer, then removes the claim: wait for both (bounded).
+    let expected = vec!["bad name.json".to_string(), "link.json".to_string()];
+    wait_until("claims removed after answering", || {
+        Sandbox::list(&sb.requests()) == expected
+    });
     let left = Sandbox::list(&sb.requests());
     assert_eq!(
         left,

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{HeaderValue, AUTHORIZATION, CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
-use http::{Method, Request, Response};
+use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -47,7 +47,7 @@ use crate::policy::{Decision, Deny, DenyCode, LocalEndpoint, Policy, RequestHead
 use crate::proxy::respond;
 use crate::proxy::{BridgeBody, Forwarder};
 use crate::server;
-use crate::telemetry::{self, Metrics};
+use crate::telemetry::{self, AccessRecord, Logged, Metrics};
 use crate::transport::TransportError;
 
 /// Restarts allowed within [`RESTART_WINDOW`] before the relay gives up (exit 1): enough to ride
@@ -474,38 +474,16 @@ struct Relay {
     ids: telemetry::RequestIds,
 }
 
-/// One access-log record, written when the stream's response body ends or is dropped.
-struct AccessRecord {
-    request_id: String,
-    method: Method,
-    route: Option<Arc<str>>,
-    status: u16,
-    code: Option<DenyCode>,
-    query_keys: String,
-    started: Instant,
-    upstream_time: Option<Duration>,
-    req_state: Option<Arc<BodyState>>,
-}
-
 impl Relay {
     /// One stream: policy (token first), rate limit, forward; SPEC §4 order, as in `serve`.
-    async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<Tracked> {
+    async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<Logged<InFlightSlot>> {
         self.metrics.requests.fetch_add(1, Ordering::Relaxed);
         // Released when the response body ends, or here if the stream is reset mid-way.
         let slot = InFlightSlot::enter(&self.metrics);
         self.activity.touch();
         let (mut parts, body) = req.into_parts();
-        let mut record = AccessRecord {
-            request_id: self.ids.next(),
-            method: parts.method.clone(),
-            route: None,
-            status: 0,
-            code: None,
-            query_keys: String::new(),
-            started: Instant::now(),
-            upstream_time: None,
-            req_state: None,
-        };
+        let mut record =
+            AccessRecord::new(self.ids.next(), parts.method.clone(), self.metrics.clone());
         let response = self.respond(&mut parts, body, &mut record).await;
         let (mut parts, inner) = response.into_parts();
         // Connection-specific headers do not exist in HTTP/2; the gateway adds its own.
@@ -513,16 +491,7 @@ impl Relay {
         record.status = parts.status.as_u16();
         self.metrics
             .record_outcome(record.route.as_ref(), record.status, record.code);
-        Response::from_parts(
-            parts,
-            Tracked {
-                inner,
-                bytes: 0,
-                record: Some(record),
-                metrics: self.metrics.clone(),
-                _slot: slot,
-            },
-        )
+        Response::from_parts(parts, Logged::new(inner, record, slot))
     }
 
     async fn respond(
@@ -629,69 +598,6 @@ impl InFlightSlot {
 impl Drop for InFlightSlot {
     fn drop(&mut self) {
         self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
-pin_project_lite::pin_project! {
-    /// A stream's response body: counts bytes, and writes the access-log line and releases the
-    /// in-flight count when it ends.
-    struct Tracked {
-        #[pin]
-        inner: BridgeBody,
-        bytes: u64,
-        record: Option<AccessRecord>,
-        metrics: Arc<Metrics>,
-        _slot: InFlightSlot,
-    }
-
-    impl PinnedDrop for Tracked {
-        fn drop(this: Pin<&mut Self>) {
-            let this = this.project();
-            if let Some(r) = this.record.take() {
-                this.metrics.bytes_out.fetch_add(*this.bytes, Ordering::Relaxed);
-                let req_bytes = r.req_state.as_ref().map_or(0, |s| s.bytes());
-                this.metrics.bytes_in.fetch_add(req_bytes, Ordering::Relaxed);
-                telemetry::access_log(&telemetry::AccessLine {
-                    request_id: &r.request_id,
-                    method: r.method.as_str(),
-                    route: r.route.as_deref().unwrap_or("-"),
-                    status: r.status,
-                    code: r.code.map_or("", DenyCode::as_str),
-                    req_bytes,
-                    resp_bytes: *this.bytes,
-                    total: r.started.elapsed(),
-                    upstream: r.upstream_time,
-                    query_keys: &r.query_keys,
-                });
-            }
-        }
-    }
-}
-
-impl http_body::Body for Tracked {
-    type Data = Bytes;
-    type Error = crate::limits::BodyError;
-
-    fn poll_frame(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
-        let this = self.project();
-        let polled = this.inner.poll_frame(cx);
-        if let std::task::Poll::Ready(Some(Ok(frame))) = &polled {
-            if let Some(data) = frame.data_ref() {
-                *this.bytes += data.len() as u64;
-            }
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        self.inner.size_hint()
     }
 }
 
