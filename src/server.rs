@@ -356,7 +356,10 @@ fn spawn_lifecycle<D: Dispatch>(
         // Install the handlers now, before the ready line is printed: a SIGTERM that arrives
         // right after readiness must drain and print the exit line, not kill the process.
         use tokio::signal::unix::{signal, SignalKind};
-        let handlers = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()));
+        let handlers = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        );
         let stop = stop.clone();
         tokio::spawn(async move {
             let (Ok(mut term), Ok(mut int)) = handlers else {
