@@ -30,9 +30,6 @@ pub enum Command {
     /// Sandbox-side helper used by the queue relay (`--sandbox-helper`); not for direct use.
     #[command(hide = true)]
     Queue(QueueHelperArgs),
-    /// Print shell completions or the man page, generated from these definitions.
-    #[command(hide = true)]
-    Generate(GenerateArgs),
     /// Load and validate the configuration, print the compiled policy; exit 0 or 2.
     Check(ServeArgs),
     /// Print the policy decision for one request as JSON, without sending anything.
@@ -325,21 +322,4 @@ pub struct HealthArgs {
     /// Give up after this long [default: 2s]
     #[arg(long, value_name = "DURATION")]
     pub timeout: Option<DurationArg>,
-}
-
-#[derive(Debug, Args)]
-pub struct GenerateArgs {
-    #[command(subcommand)]
-    pub what: Generate,
-}
-
-#[derive(Debug, Subcommand)]
-pub enum Generate {
-    /// Shell completion script on stdout
-    Completions {
-        #[arg(value_enum)]
-        shell: clap_complete::Shell,
-    },
-    /// roff man page on stdout (`callback-bridge generate man > callback-bridge.1`)
-    Man,
 }

@@ -69,8 +69,10 @@ pin_project_lite::pin_project! {
         max: u64,
         seen: u64,
         idle: Duration,
-        #[pin]
-        timer: Sleep,
+        // Armed only when the body actually waits: most small bodies arrive with their head and
+        // never touch the timer wheel.
+        timer: Option<Pin<Box<Sleep>>>,
+        progressed: bool,
         state: Arc<BodyState>,
         done: bool,
     }
@@ -83,7 +85,8 @@ impl<B> GuardedBody<B> {
             max,
             seen: 0,
             idle,
-            timer: tokio::time::sleep(idle),
+            timer: None,
+            progressed: false,
             state,
             done: false,
         }
@@ -119,7 +122,7 @@ where
                         return Poll::Ready(Some(Err(BodyError::TooLarge(*this.max))));
                     }
                 }
-                this.timer.as_mut().reset(Instant::now() + *this.idle);
+                *this.progressed = true;
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => {
@@ -131,14 +134,23 @@ where
                 *this.done = true;
                 Poll::Ready(None)
             }
-            Poll::Pending => match this.timer.poll(cx) {
-                Poll::Ready(()) => {
-                    *this.done = true;
-                    this.state.fail(BodyState::IDLE);
-                    Poll::Ready(Some(Err(BodyError::IdleTimeout)))
+            Poll::Pending => {
+                let idle = *this.idle;
+                let timer = this
+                    .timer
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
+                if std::mem::take(this.progressed) {
+                    timer.as_mut().reset(Instant::now() + idle);
                 }
-                Poll::Pending => Poll::Pending,
-            },
+                match timer.as_mut().poll(cx) {
+                    Poll::Ready(()) => {
+                        *this.done = true;
+                        this.state.fail(BodyState::IDLE);
+                        Poll::Ready(Some(Err(BodyError::IdleTimeout)))
+                    }
+                    Poll::Pending => Poll::Pending,
+                }
+            }
         }
     }
 

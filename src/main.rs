@@ -22,7 +22,6 @@ fn main() -> ExitCode {
         Command::Gateway(args) => transport_exit(callback_bridge::transport::gateway(args)),
         Command::Relay(args) => transport_exit(callback_bridge::transport::relay(args)),
         Command::Queue(args) => transport_exit(callback_bridge::transport::queue_helper(args)),
-        Command::Generate(args) => generate(args.what),
         Command::Check(opts) => match opts.with_file().and_then(commands::check) {
             Ok(text) => {
                 print!("{text}");
@@ -63,26 +62,6 @@ fn transport_exit(result: Result<(), callback_bridge::transport::TransportError>
             eprintln!("callback-bridge: {e}");
             ExitCode::FAILURE
         }
-    }
-}
-
-fn generate(what: callback_bridge::cli::Generate) -> ExitCode {
-    use callback_bridge::cli::Generate;
-    use clap::CommandFactory;
-    let mut cmd = Cli::command();
-    let mut out = std::io::stdout();
-    match what {
-        Generate::Completions { shell } => {
-            clap_complete::generate(shell, &mut cmd, "callback-bridge", &mut out);
-            ExitCode::SUCCESS
-        }
-        Generate::Man => match clap_mangen::Man::new(cmd).render(&mut out) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("callback-bridge: {e}");
-                ExitCode::FAILURE
-            }
-        },
     }
 }
 

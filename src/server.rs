@@ -34,10 +34,6 @@ use crate::telemetry::{self, Metrics};
 /// After the drain deadline, time allowed for the 503/409 answers to be written before the
 /// remaining connections are cut.
 const FLUSH_GRACE: Duration = Duration::from_millis(500);
-/// Largest number of header lines hyper parses; above the policy's 100 so that the bridge answers
-/// 101..=128 headers itself with a JSON 431 (beyond, hyper's own 431).
-const PARSER_MAX_HEADERS: usize = 128;
-
 /// Why the process stops (the `reason` of the exit line).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ExitReason {
@@ -144,6 +140,7 @@ struct Bridge<D> {
     /// Milliseconds since `started` of the last request (for `idle_exit`).
     last_activity_ms: AtomicU64,
     started: Instant,
+    ids: telemetry::RequestIds,
 }
 
 /// Prints one JSON line on stdout and flushes it.
@@ -262,6 +259,7 @@ pub async fn serve_with<D: Dispatch>(
         deadline: deadline_rx,
         last_activity_ms: AtomicU64::new(0),
         started: Instant::now(),
+        ids: telemetry::RequestIds::default(),
     });
     let (stop_tx, mut stop_rx) = mpsc::channel::<ExitReason>(4);
     spawn_lifecycle(&lifecycle, &bridge, stop_tx);
@@ -275,7 +273,6 @@ pub async fn serve_with<D: Dispatch>(
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
-        .max_headers(PARSER_MAX_HEADERS)
         .keep_alive(true);
     let connections = Arc::new(Semaphore::new(limits.max_connections));
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
@@ -426,7 +423,7 @@ struct AccessRecord {
     code: Option<DenyCode>,
     query_keys: String,
     started: Instant,
-    upstream_ms: Option<f64>,
+    upstream_time: Option<Duration>,
     req_state: Option<Arc<BodyState>>,
     metrics: Arc<Metrics>,
 }
@@ -449,20 +446,18 @@ pin_project_lite::pin_project! {
                 r.metrics.bytes_out.fetch_add(*this.bytes, Ordering::Relaxed);
                 let req_bytes = r.req_state.as_ref().map_or(0, |s| s.bytes());
                 r.metrics.bytes_in.fetch_add(req_bytes, Ordering::Relaxed);
-                tracing::info!(
-                    target: "access",
-                    request_id = %r.request_id,
-                    method = %r.method,
-                    route = r.route.as_deref().unwrap_or("-"),
-                    status = r.status,
-                    code = r.code.map_or("", DenyCode::as_str),
+                telemetry::access_log(&telemetry::AccessLine {
+                    request_id: &r.request_id,
+                    method: r.method.as_str(),
+                    route: r.route.as_deref().unwrap_or("-"),
+                    status: r.status,
+                    code: r.code.map_or("", DenyCode::as_str),
                     req_bytes,
-                    resp_bytes = *this.bytes,
-                    total_ms = round_ms(r.started.elapsed()),
-                    upstream_ms = r.upstream_ms,
-                    query_keys = %r.query_keys,
-                    "request"
-                );
+                    resp_bytes: *this.bytes,
+                    total: r.started.elapsed(),
+                    upstream: r.upstream_time,
+                    query_keys: &r.query_keys,
+                });
             }
         }
     }
@@ -519,7 +514,7 @@ impl<D: Dispatch> Bridge<D> {
         let started = Instant::now();
         self.metrics.requests.fetch_add(1, Ordering::Relaxed);
         self.touch();
-        let request_id = uuid::Uuid::now_v7().to_string();
+        let request_id = self.ids.next();
         let (parts, body) = req.into_parts();
         let target = raw_target(&parts.uri);
         let head = RequestHead {
@@ -539,7 +534,7 @@ impl<D: Dispatch> Bridge<D> {
             // Query keys are logged only once the request is authenticated and allowed.
             query_keys: String::new(),
             started,
-            upstream_ms: None,
+            upstream_time: None,
             req_state: None,
             metrics: self.metrics.clone(),
         };
@@ -574,7 +569,7 @@ impl<D: Dispatch> Bridge<D> {
                         .await
                     {
                         Ok(fwd) => {
-                            record.upstream_ms = Some(round_ms(fwd.upstream_time));
+                            record.upstream_time = Some(fwd.upstream_time);
                             fwd.response
                         }
                         Err(deny) => {
@@ -594,11 +589,8 @@ impl<D: Dispatch> Bridge<D> {
             parts.headers.insert(X_REQUEST_ID, v);
         }
         record.status = parts.status.as_u16();
-        self.metrics.record_outcome(
-            record.route.as_deref().unwrap_or("-"),
-            record.status,
-            record.code,
-        );
+        self.metrics
+            .record_outcome(record.route.as_ref(), record.status, record.code);
         Response::from_parts(
             parts,
             Logged {
@@ -614,9 +606,4 @@ impl<D: Dispatch> Bridge<D> {
 /// Resolves when the drain deadline passes.
 async fn deadline_passed(mut rx: watch::Receiver<bool>) {
     let _ = rx.wait_for(|d| *d).await;
-}
-
-/// Milliseconds with microsecond precision, for log fields.
-fn round_ms(d: Duration) -> f64 {
-    (d.as_micros() as f64) / 1e3
 }

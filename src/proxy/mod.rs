@@ -6,6 +6,7 @@
 //! is ever retried. Failures map to SPEC §5: a mutation whose outcome is unknown is answered 409
 //! `outcome_indeterminate`, never a retryable-looking 5xx.
 
+pub mod pool;
 pub mod respond;
 
 use std::future::Future;
@@ -19,9 +20,6 @@ use http::{HeaderMap, Method, Request, Response};
 use http_body::Body;
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Empty};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 
 use crate::auth::UpstreamCredential;
 use crate::config::{Limits, Upstream};
@@ -31,12 +29,6 @@ use crate::telemetry::Metrics;
 
 /// The body type of every response the bridge sends and every request it forwards.
 pub type BridgeBody = BoxBody<Bytes, BodyError>;
-
-/// Idle pooled upstream connections are closed after this long (Paperclip's Node server closes
-/// keep-alive sockets after 5 s by default; staying under avoids racing its close).
-pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(4);
-/// Idle upstream connections kept: enough for the default in-flight limit.
-pub const POOL_MAX_IDLE: usize = 64;
 
 /// Methods whose repetition has no effect (RFC 9110 safe methods).
 pub fn is_safe(method: &Method) -> bool {
@@ -67,7 +59,7 @@ pub struct Forwarded {
 /// The upstream side: client pool, upstream URL, credential and response rules.
 #[derive(Debug)]
 pub struct Forwarder {
-    client: Client<HttpConnector, BridgeBody>,
+    pool: Arc<pool::Pool>,
     upstream: Upstream,
     credential: Option<UpstreamCredential>,
     run_id: Option<HeaderValue>,
@@ -87,18 +79,13 @@ impl Forwarder {
         limits: &Limits,
         metrics: Arc<Metrics>,
     ) -> Forwarder {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(limits.upstream_connect_timeout));
-        connector.set_nodelay(true);
-        connector.enforce_http(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-            .pool_max_idle_per_host(POOL_MAX_IDLE)
-            .pool_timer(hyper_util::rt::TokioTimer::new())
-            .timer(hyper_util::rt::TokioTimer::new())
-            .build(connector);
+        let port = upstream.authority.port_u16().unwrap_or(80);
+        let pool = pool::Pool::new(
+            format!("{}:{port}", upstream.authority.host()),
+            limits.upstream_connect_timeout,
+        );
         Forwarder {
-            client,
+            pool,
             upstream,
             credential,
             run_id,
@@ -172,7 +159,7 @@ impl Forwarder {
 
         self.metrics.forwarded.fetch_add(1, Ordering::Relaxed);
         let started = Instant::now();
-        let sent = tokio::time::timeout(self.upstream_timeout, self.client.request(req));
+        let sent = tokio::time::timeout(self.upstream_timeout, self.pool.send(req));
         let result = tokio::select! {
             r = sent => r,
             () = deadline => {
@@ -202,7 +189,7 @@ impl Forwarder {
                     return Err(self.body_failure(&req_state));
                 }
                 self.metrics.upstream_errors.fetch_add(1, Ordering::Relaxed);
-                if err.is_connect() {
+                if let pool::UpstreamError::Connect(_) = err {
                     tracing::warn!(error = %err, "upstream connect failed");
                     return Err(Deny::new(
                         DenyCode::UpstreamUnavailable,

@@ -171,7 +171,6 @@ test('lifeline: false passes no lifeline flag', opts, async (t) => {
   const argv = await procCmdline(bridge.pid);
   assert.ok(!argv.includes('--lifeline'));
   assert.equal(bridge.child.stdin, null);
-  // Served a request, so its signal handlers are in place (see the todo test below).
   const health = await fetch(`${bridge.url}/__bridge/health`, { signal: AbortSignal.timeout(WAIT) });
   assert.equal(health.status, 200);
   await health.arrayBuffer();
@@ -210,14 +209,10 @@ test('a bridge that exits before ready rejects with BridgeExitedError and the st
   assert.ok(!err.stderrTail.join('\n').includes(UPSTREAM_TOKEN));
 });
 
-// The bridge currently installs its SIGTERM/SIGINT handlers only after it has printed the
-// readiness line (src/server.rs: print_line(&ready) comes before spawn_lifecycle), so a SIGTERM
-// sent right after the line can kill it by the default disposition: no exit line, exit by
-// signal instead of code 0. SPEC §3 promises the summary on SIGTERM once ready. Marked `todo`
-// until the bridge is fixed: it reports without failing the run.
-test('stop() right after ready still gets the exit summary (bridge bug: signal handlers installed after the ready line)', {
+// The bridge installs its SIGTERM/SIGINT handlers before it prints the readiness line, so a
+// SIGTERM sent right after the line still drains and prints the exit summary (SPEC §3).
+test('stop() right after ready still gets the exit summary', {
   ...opts,
-  todo: 'bridge: install signal handlers before printing the readiness line',
 }, async () => {
   for (let i = 0; i < 20; i++) {
     const bridge = await startBridge({ binary, lifeline: false });

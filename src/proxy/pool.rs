@@ -1,0 +1,205 @@
+//! The upstream connection pool: HTTP/1.1 keep-alive connections to the one upstream.
+//!
+//! Promise: a request is retried on another connection only when hyper hands it back unsent
+//! (the connection was found closed before a byte was written), so nothing that may have reached
+//! the upstream is ever sent twice. Connections go back to the pool only after their response
+//! body was read to the end; anything else closes them. One upstream means one key, so the pool
+//! is a plain LIFO stack behind a mutex: no hashing, no per-request background task.
+
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
+
+use super::BridgeBody;
+
+/// Idle pooled connections are not reused after this long (Node's HTTP server, which Paperclip
+/// runs on, closes idle keep-alive sockets after 5 s; reusing one near that edge races its close).
+pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(4);
+/// Idle connections kept: matches the default in-flight limit, so a full burst can be reused.
+pub const POOL_MAX_IDLE: usize = 64;
+/// Attempts on connections that turn out closed before the request was written; beyond that a
+/// fresh connection is used, whose failure is final.
+const MAX_STALE_RETRIES: usize = 3;
+
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    /// Could not connect: nothing was sent.
+    #[error("cannot connect to the upstream: {0}")]
+    Connect(String),
+    /// The request was (or may have been) written, then the exchange failed.
+    #[error("upstream exchange failed: {0}")]
+    Exchange(#[source] hyper::Error),
+}
+
+struct Idle {
+    sender: SendRequest<BridgeBody>,
+    since: Instant,
+}
+
+/// Keep-alive connections to one upstream `host:port`.
+pub struct Pool {
+    authority: String,
+    connect_timeout: Duration,
+    idle: Mutex<Vec<Idle>>,
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool")
+            .field("authority", &self.authority)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Pool {
+    /// `authority` is `host:port` (the port already defaulted).
+    pub fn new(authority: String, connect_timeout: Duration) -> Arc<Pool> {
+        Arc::new(Pool {
+            authority,
+            connect_timeout,
+            idle: Mutex::new(Vec::new()),
+        })
+    }
+
+    fn checkout(&self) -> Option<SendRequest<BridgeBody>> {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        while let Some(entry) = idle.pop() {
+            if entry.since.elapsed() < POOL_IDLE_TIMEOUT && !entry.sender.is_closed() {
+                return Some(entry.sender);
+            }
+        }
+        None
+    }
+
+    fn checkin(&self, sender: SendRequest<BridgeBody>) {
+        if sender.is_closed() {
+            return;
+        }
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        if idle.len() < POOL_MAX_IDLE {
+            idle.push(Idle {
+                sender,
+                since: Instant::now(),
+            });
+        }
+    }
+
+    async fn connect(&self) -> Result<SendRequest<BridgeBody>, UpstreamError> {
+        let stream = tokio::time::timeout(
+            self.connect_timeout,
+            tokio::net::TcpStream::connect(&self.authority),
+        )
+        .await
+        .map_err(|_| UpstreamError::Connect("connect timed out".into()))?
+        .map_err(|e| UpstreamError::Connect(e.to_string()))?;
+        let _ = stream.set_nodelay(true);
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| UpstreamError::Connect(e.to_string()))?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "upstream connection ended");
+            }
+        });
+        Ok(sender)
+    }
+
+    /// Sends one request; the response body hands the connection back when read to the end.
+    pub async fn send(
+        self: &Arc<Self>,
+        mut req: Request<BridgeBody>,
+    ) -> Result<Response<PooledBody>, UpstreamError> {
+        let mut stale = 0;
+        loop {
+            let (mut sender, fresh) = match (stale < MAX_STALE_RETRIES)
+                .then(|| self.checkout())
+                .flatten()
+            {
+                Some(s) => (s, false),
+                None => (self.connect().await?, true),
+            };
+            if sender.ready().await.is_err() {
+                if fresh {
+                    return Err(UpstreamError::Connect(
+                        "connection closed before the request was sent".into(),
+                    ));
+                }
+                stale += 1;
+                continue;
+            }
+            match sender.try_send_request(req).await {
+                Ok(resp) => {
+                    let (parts, body) = resp.into_parts();
+                    let mut body = PooledBody {
+                        inner: body,
+                        lease: Some((sender, self.clone())),
+                    };
+                    if body.inner.is_end_stream() {
+                        body.release();
+                    }
+                    return Ok(Response::from_parts(parts, body));
+                }
+                Err(mut err) => match err.take_message() {
+                    // Handed back unsent: safe to try again elsewhere, whatever the method.
+                    Some(unsent) if !fresh => {
+                        req = unsent;
+                        stale += 1;
+                    }
+                    Some(_) => {
+                        return Err(UpstreamError::Connect(err.into_error().to_string()));
+                    }
+                    None => return Err(UpstreamError::Exchange(err.into_error())),
+                },
+            }
+        }
+    }
+}
+
+/// An upstream response body that returns its connection to the pool at a clean end.
+pub struct PooledBody {
+    inner: Incoming,
+    lease: Option<(SendRequest<BridgeBody>, Arc<Pool>)>,
+}
+
+impl PooledBody {
+    fn release(&mut self) {
+        if let Some((sender, pool)) = self.lease.take() {
+            pool.checkin(sender);
+        }
+    }
+}
+
+impl Body for PooledBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(None) => self.release(),
+            Poll::Ready(Some(Ok(_))) if self.inner.is_end_stream() => self.release(),
+            Poll::Ready(Some(Err(_))) => self.lease = None,
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
