@@ -248,10 +248,13 @@ pub struct GatewayArgs {
     /// Queue directory (queue transport; alias PAPERCLIP_BRIDGE_QUEUE_DIR)
     #[arg(long, env = "CALLBACK_BRIDGE_QUEUE_DIR", value_name = "DIR")]
     pub queue_dir: Option<PathBuf>,
-    /// Where the bridge token and nonce come from (stdio transport) [default: env]
+    /// Where the bridge token and nonce come from (stdio transport): `env` reads
+    /// CALLBACK_BRIDGE_TOKEN/CALLBACK_BRIDGE_NONCE (or PAPERCLIP_BRIDGE_TOKEN/_NONCE), `stdin` one
+    /// JSON line {"token":…,"nonce":…} read before anything else [default: env]
     #[arg(long, env = "CALLBACK_BRIDGE_HANDSHAKE", value_name = "HOW")]
     pub handshake: Option<Handshake>,
-    /// How long to wait for the relay's response (alias PAPERCLIP_BRIDGE_RESPONSE_TIMEOUT_MS) [default: 30s]
+    /// How long to wait for the relay's response (alias PAPERCLIP_BRIDGE_RESPONSE_TIMEOUT_MS)
+    /// [default: 30s queue, 35s stdio]
     #[arg(
         long,
         env = "CALLBACK_BRIDGE_RESPONSE_TIMEOUT",
@@ -279,7 +282,9 @@ pub struct RelayArgs {
     /// Path of callback-bridge inside the sandbox; used instead of sh+coreutils when given (queue)
     #[arg(long, env = "CALLBACK_BRIDGE_SANDBOX_HELPER", value_name = "PATH")]
     pub sandbox_helper: Option<String>,
-    /// How the gateway gets its token and nonce (stdio) [default: env]
+    /// How the gateway gets its token and nonce (stdio): `env` puts CALLBACK_BRIDGE_TOKEN and
+    /// CALLBACK_BRIDGE_NONCE in the command's environment, `stdin` writes one JSON line on its
+    /// stdin first (then run the gateway with --handshake stdin) [default: env]
     #[arg(long, env = "CALLBACK_BRIDGE_HANDSHAKE", value_name = "HOW")]
     pub handshake: Option<Handshake>,
     #[command(flatten)]

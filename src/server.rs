@@ -41,6 +41,8 @@ pub enum ExitReason {
     Lifeline,
     Lifetime,
     Idle,
+    /// A gateway's transport to its relay ended (or a relay ran out of restarts).
+    Transport,
 }
 
 impl ExitReason {
@@ -50,6 +52,7 @@ impl ExitReason {
             ExitReason::Lifeline => "lifeline",
             ExitReason::Lifetime => "lifetime",
             ExitReason::Idle => "idle",
+            ExitReason::Transport => "transport",
         }
     }
 }
@@ -152,6 +155,41 @@ pub fn print_line(line: &str) -> Result<(), ServeError> {
         .map_err(ServeError::Stdout)
 }
 
+/// Where the readiness and exit-summary lines of the agent-facing server are written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum LineSink {
+    /// stdout, where a spawner reads them (SPEC §3).
+    #[default]
+    Stdout,
+    /// stderr: for a gateway whose stdout is a protocol channel (stdio transport, SPEC §6.2).
+    Stderr,
+}
+
+impl LineSink {
+    fn emit(self, line: &str) -> Result<(), ServeError> {
+        match self {
+            LineSink::Stdout => print_line(line),
+            LineSink::Stderr => {
+                let mut err = std::io::stderr().lock();
+                // Diagnostics only: a closed stderr must not stop the server.
+                let _ = err
+                    .write_all(line.as_bytes())
+                    .and_then(|()| err.write_all(b"\n"));
+                Ok(())
+            }
+        }
+    }
+}
+
+/// What a gateway adds to [`serve_with`]: where its lines go and a stop reason of its own.
+#[derive(Default)]
+pub struct ServeHooks {
+    pub lines: LineSink,
+    /// Resolves when the server must stop for a reason of the dispatcher (e.g. the transport to
+    /// the relay died); the server then drains as for any other stop reason.
+    pub stop: Option<crate::limits::BoxFuture<ExitReason>>,
+}
+
 /// Writes `contents` to `path` atomically (temp file in the same directory + rename), mode 0600.
 pub fn write_private_file(path: &std::path::Path, contents: &[u8]) -> std::io::Result<()> {
     let dir = path
@@ -224,6 +262,25 @@ pub async fn serve_with<D: Dispatch>(
     metrics: Arc<Metrics>,
     on_bound: impl FnOnce(SocketAddr) -> Result<(), ServeError>,
 ) -> Result<ExitReason, ServeError> {
+    serve_until(
+        settings,
+        dispatcher,
+        metrics,
+        on_bound,
+        ServeHooks::default(),
+    )
+    .await
+}
+
+/// [`serve_with`] plus [`ServeHooks`]: the lines may go to stderr and the dispatcher may end
+/// the server (the stdio gateway stops when its session with the relay ends).
+pub async fn serve_until<D: Dispatch>(
+    settings: ServerSettings,
+    dispatcher: D,
+    metrics: Arc<Metrics>,
+    on_bound: impl FnOnce(SocketAddr) -> Result<(), ServeError>,
+    hooks: ServeHooks,
+) -> Result<ExitReason, ServeError> {
     let (listener, addr) = bind(settings.listen)?;
     let (deadline_tx, deadline_rx) = watch::channel(false);
     let in_flight_gauge = Arc::new(AtomicU64::new(0));
@@ -262,8 +319,15 @@ pub async fn serve_with<D: Dispatch>(
         ids: telemetry::RequestIds::default(),
     });
     let (stop_tx, mut stop_rx) = mpsc::channel::<ExitReason>(4);
+    if let Some(stop) = hooks.stop {
+        let stop_tx = stop_tx.clone();
+        tokio::spawn(async move {
+            let reason = stop.await;
+            let _ = stop_tx.send(reason).await;
+        });
+    }
     spawn_lifecycle(&lifecycle, &bridge, stop_tx);
-    print_line(&ready)?;
+    hooks.lines.emit(&ready)?;
     tracing::info!(
         listen = %addr,
         to = %bridge.dispatcher.describe(),
@@ -335,7 +399,7 @@ pub async fn serve_with<D: Dispatch>(
             conns.abort_all();
         }
     }
-    print_line(&metrics.exit_line(reason.as_str()))?;
+    hooks.lines.emit(&metrics.exit_line(reason.as_str()))?;
     Ok(reason)
 }
 
