@@ -100,7 +100,10 @@ fn check(data: &[u8]) {
             Err(e) => return check_refusal(rest, envelope, &e, peak),
         }
     };
-    assert!(rest.len() as u64 <= envelope, "a file over the envelope was parsed");
+    assert!(
+        rest.len() as u64 <= envelope,
+        "a file over the envelope was parsed"
+    );
     assert!(
         peak <= rest.len() * ALLOC_PER_INPUT_BYTE + ALLOC_SLACK,
         "parsing {} bytes allocated {peak}",
@@ -111,14 +114,21 @@ fn check(data: &[u8]) {
         return;
     };
     assert!(bytes.len() as u64 <= max, "decoded body above the limit");
-    assert!(peak <= body.len() + ALLOC_SLACK, "decoding allocated {peak}");
+    assert!(
+        peak <= body.len() + ALLOC_SLACK,
+        "decoding allocated {peak}"
+    );
     match encoding.as_deref() {
         Some("base64") => assert_eq!(
             base64::engine::general_purpose::STANDARD.encode(&bytes),
             body,
             "accepted base64 that is not canonical"
         ),
-        _ => assert_eq!(bytes, body.as_bytes(), "text body not carried byte for byte"),
+        _ => assert_eq!(
+            bytes,
+            body.as_bytes(),
+            "text body not carried byte for byte"
+        ),
     }
     let (text, enc) = encode_body(&bytes);
     assert_eq!(
