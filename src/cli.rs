@@ -261,7 +261,7 @@ pub struct GatewayArgs {
         value_name = "DURATION"
     )]
     pub response_timeout: Option<DurationArg>,
-    /// Poll interval when inotify is unavailable, at most 10ms (alias PAPERCLIP_BRIDGE_POLL_INTERVAL_MS) [default: 10ms]
+    /// How often the gateway looks for responses while requests wait; capped at 10ms (alias PAPERCLIP_BRIDGE_POLL_INTERVAL_MS) [default: 10ms]
     #[arg(long, env = "CALLBACK_BRIDGE_POLL_INTERVAL", value_name = "DURATION")]
     pub poll_interval: Option<DurationArg>,
     /// Request files that may wait at once; beyond -> 503 queue_full (alias PAPERCLIP_BRIDGE_MAX_QUEUE_DEPTH) [default: 64]

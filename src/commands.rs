@@ -24,11 +24,11 @@ pub fn check(opts: ProxyOptions) -> Result<String, ConfigError> {
     use std::fmt::Write as _;
     let _ = writeln!(out, "configuration ok");
     let _ = writeln!(out, "listen      {}", config.listen);
-    let _ = writeln!(out, "upstream    {}", config.upstream.display());
+    let _ = writeln!(out, "upstream    {}", config.target.upstream.display());
     let _ = writeln!(
         out,
         "credential  {}",
-        match &config.credential {
+        match &config.target.credential {
             Some(c) => format!("configured (injected as {})", c.header()),
             None => "none (requests are forwarded without one)".to_owned(),
         }

@@ -281,14 +281,20 @@ pub struct LogConfig {
     pub level: String,
 }
 
-/// The validated configuration of `serve` (and of the relay's forwarding side).
+/// Where allowed requests go and what is injected into them.
 #[derive(Debug)]
-pub struct Config {
-    pub listen: SocketAddr,
+pub struct Target {
     pub upstream: Upstream,
     /// `None` when no credential is configured (forwarded without one, warned once).
     pub credential: Option<UpstreamCredential>,
     pub run_id: Option<http::HeaderValue>,
+}
+
+/// The validated configuration of `serve` (and of the relay's forwarding side).
+#[derive(Debug)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub target: Target,
     pub token: BridgeToken,
     /// Whether the bridge generated the token (then it is printed on the ready line).
     pub token_generated: bool,
@@ -513,9 +519,11 @@ impl Config {
         };
         Ok(Config {
             listen,
-            upstream,
-            credential,
-            run_id,
+            target: Target {
+                upstream,
+                credential,
+                run_id,
+            },
             token,
             token_generated,
             policy,

@@ -10,6 +10,7 @@ pub mod auth;
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod lifecycle;
 pub mod limits;
 pub mod policy;
 pub mod proxy;

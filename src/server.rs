@@ -12,7 +12,7 @@ use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use http::{Method, Request, Response};
 use hyper::body::Incoming;
@@ -23,39 +23,18 @@ use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::JoinSet;
 
 use crate::auth::BridgeToken;
-use crate::cli::Lifeline;
 use crate::config::{Config, Lifecycle, Limits};
+use crate::lifecycle::{self, Activity};
 use crate::limits::{BodyState, InFlight, InFlightGuard, RateLimit};
 use crate::policy::{Decision, Deny, DenyCode, LocalEndpoint, Policy, RequestHead, TokenCheck};
 use crate::proxy::respond::{self, X_REQUEST_ID};
 use crate::proxy::{BridgeBody, Forwarded, Forwarder};
-use crate::telemetry::{self, Metrics};
+use crate::telemetry::{self, AccessRecord, Logged, Metrics};
 
 /// After the drain deadline, time allowed for the 503/409 answers to be written before the
 /// remaining connections are cut.
 const FLUSH_GRACE: Duration = Duration::from_millis(500);
-/// Why the process stops (the `reason` of the exit line).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ExitReason {
-    Signal,
-    Lifeline,
-    Lifetime,
-    Idle,
-    /// A gateway's transport to its relay ended (or a relay ran out of restarts).
-    Transport,
-}
-
-impl ExitReason {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ExitReason::Signal => "signal",
-            ExitReason::Lifeline => "lifeline",
-            ExitReason::Lifetime => "lifetime",
-            ExitReason::Idle => "idle",
-            ExitReason::Transport => "transport",
-        }
-    }
-}
+pub use crate::lifecycle::ExitReason;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -140,9 +119,7 @@ struct Bridge<D> {
     in_flight: InFlight,
     /// Turns true when the drain deadline passes.
     deadline: watch::Receiver<bool>,
-    /// Milliseconds since `started` of the last request (for `idle_exit`).
-    last_activity_ms: AtomicU64,
-    started: Instant,
+    activity: Arc<Activity>,
     ids: telemetry::RequestIds,
 }
 
@@ -209,9 +186,7 @@ pub async fn run(config: Config) -> Result<ExitReason, ServeError> {
     let metrics = Arc::new(Metrics::default());
     let Config {
         listen,
-        upstream,
-        credential,
-        run_id,
+        target,
         token,
         token_generated,
         policy,
@@ -219,17 +194,7 @@ pub async fn run(config: Config) -> Result<ExitReason, ServeError> {
         lifecycle,
         ..
     } = config;
-    if credential.is_none() {
-        tracing::warn!("no upstream credential configured; requests are forwarded without one");
-    }
-    let forwarder = Forwarder::new(
-        upstream,
-        credential,
-        run_id,
-        policy.headers.clone(),
-        &limits,
-        metrics.clone(),
-    );
+    let forwarder = Forwarder::new(target, policy.headers.clone(), &limits, metrics.clone());
     let settings = ServerSettings {
         listen,
         token,
@@ -312,10 +277,9 @@ pub async fn serve_until<D: Dispatch>(
         dispatcher,
         metrics: metrics.clone(),
         rate: RateLimit::new(limits.rate),
-        in_flight: InFlight::new(limits.max_in_flight, in_flight_gauge),
+        in_flight: InFlight::new(limits.max_in_flight, in_flight_gauge.clone()),
         deadline: deadline_rx,
-        last_activity_ms: AtomicU64::new(0),
-        started: Instant::now(),
+        activity: Arc::default(),
         ids: telemetry::RequestIds::default(),
     });
     let (stop_tx, mut stop_rx) = mpsc::channel::<ExitReason>(4);
@@ -326,7 +290,12 @@ pub async fn serve_until<D: Dispatch>(
             let _ = stop_tx.send(reason).await;
         });
     }
-    spawn_lifecycle(&lifecycle, &bridge, stop_tx);
+    lifecycle::spawn_watchers(
+        &lifecycle,
+        bridge.activity.clone(),
+        move || in_flight_gauge.load(Ordering::Acquire) > 0,
+        stop_tx,
+    );
     hooks.lines.emit(&ready)?;
     tracing::info!(
         listen = %addr,
@@ -407,153 +376,6 @@ async fn drain(conns: &mut JoinSet<()>) {
     while conns.join_next().await.is_some() {}
 }
 
-/// Starts the watchers that end the process: signals, lifeline, lifetime, idle.
-fn spawn_lifecycle<D: Dispatch>(
-    lifecycle: &Lifecycle,
-    bridge: &Arc<Bridge<D>>,
-    stop: mpsc::Sender<ExitReason>,
-) {
-    {
-        // Install the handlers now, before the ready line is printed: a SIGTERM that arrives
-        // right after readiness must drain and print the exit line, not kill the process.
-        use tokio::signal::unix::{signal, SignalKind};
-        let handlers = (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-        );
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            let (Ok(mut term), Ok(mut int)) = handlers else {
-                tracing::error!("cannot install signal handlers");
-                return;
-            };
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
-            }
-            let _ = stop.send(ExitReason::Signal).await;
-        });
-    }
-    if lifecycle.lifeline == Lifeline::Stdin {
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            use tokio::io::AsyncReadExt;
-            let mut stdin = tokio::io::stdin();
-            let mut buf = [0u8; 256];
-            loop {
-                match stdin.read(&mut buf).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(_) => {}
-                }
-            }
-            let _ = stop.send(ExitReason::Lifeline).await;
-        });
-    }
-    if let Some(lifetime) = lifecycle.max_lifetime {
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(lifetime).await;
-            let _ = stop.send(ExitReason::Lifetime).await;
-        });
-    }
-    if let Some(idle) = lifecycle.idle_exit {
-        let bridge = bridge.clone();
-        tokio::spawn(async move {
-            loop {
-                let last = Duration::from_millis(bridge.last_activity_ms.load(Ordering::Relaxed));
-                let due = bridge.started + last + idle;
-                tokio::time::sleep_until(due.into()).await;
-                let last_now =
-                    Duration::from_millis(bridge.last_activity_ms.load(Ordering::Relaxed));
-                if last_now == last && bridge.in_flight.current() == 0 {
-                    break;
-                }
-                if last_now == last {
-                    // Busy with a long request: look again after another idle period.
-                    bridge.touch();
-                }
-            }
-            let _ = stop.send(ExitReason::Idle).await;
-        });
-    }
-}
-
-/// One access-log record, emitted when the response body is finished or dropped.
-struct AccessRecord {
-    request_id: String,
-    method: Method,
-    route: Option<Arc<str>>,
-    status: u16,
-    code: Option<DenyCode>,
-    query_keys: String,
-    started: Instant,
-    upstream_time: Option<Duration>,
-    req_state: Option<Arc<BodyState>>,
-    metrics: Arc<Metrics>,
-}
-
-pin_project_lite::pin_project! {
-    /// The response body as sent to the agent: counts bytes, holds the in-flight slot, and writes
-    /// the access log line when it ends.
-    struct Logged {
-        #[pin]
-        inner: BridgeBody,
-        bytes: u64,
-        record: Option<AccessRecord>,
-        _slot: Option<InFlightGuard>,
-    }
-
-    impl PinnedDrop for Logged {
-        fn drop(this: Pin<&mut Self>) {
-            let this = this.project();
-            if let Some(r) = this.record.take() {
-                r.metrics.bytes_out.fetch_add(*this.bytes, Ordering::Relaxed);
-                let req_bytes = r.req_state.as_ref().map_or(0, |s| s.bytes());
-                r.metrics.bytes_in.fetch_add(req_bytes, Ordering::Relaxed);
-                telemetry::access_log(&telemetry::AccessLine {
-                    request_id: &r.request_id,
-                    method: r.method.as_str(),
-                    route: r.route.as_deref().unwrap_or("-"),
-                    status: r.status,
-                    code: r.code.map_or("", DenyCode::as_str),
-                    req_bytes,
-                    resp_bytes: *this.bytes,
-                    total: r.started.elapsed(),
-                    upstream: r.upstream_time,
-                    query_keys: &r.query_keys,
-                });
-            }
-        }
-    }
-}
-
-impl http_body::Body for Logged {
-    type Data = bytes::Bytes;
-    type Error = crate::limits::BodyError;
-
-    fn poll_frame(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
-        let this = self.project();
-        let polled = this.inner.poll_frame(cx);
-        if let std::task::Poll::Ready(Some(Ok(frame))) = &polled {
-            if let Some(data) = frame.data_ref() {
-                *this.bytes += data.len() as u64;
-            }
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        self.inner.size_hint()
-    }
-}
-
 /// The request target as received: origin-form path+query, `*`, or the absolute URI.
 fn raw_target(uri: &http::Uri) -> std::borrow::Cow<'_, str> {
     if uri.scheme().is_some() || uri.authority().is_some() {
@@ -567,17 +389,14 @@ fn raw_target(uri: &http::Uri) -> std::borrow::Cow<'_, str> {
 }
 
 impl<D: Dispatch> Bridge<D> {
-    fn touch(&self) {
-        let ms = self.started.elapsed().as_millis() as u64;
-        self.last_activity_ms.store(ms, Ordering::Relaxed);
-    }
-
     /// The per-request pipeline, in SPEC §4 order: policy (token, method, target, route,
     /// framing, content type, size, headers), then rate and load limits, then forwarding.
-    async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<Logged> {
-        let started = Instant::now();
+    async fn handle(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+    ) -> Response<Logged<Option<InFlightGuard>>> {
         self.metrics.requests.fetch_add(1, Ordering::Relaxed);
-        self.touch();
+        self.activity.touch();
         let request_id = self.ids.next();
         let (parts, body) = req.into_parts();
         let target = raw_target(&parts.uri);
@@ -589,19 +408,7 @@ impl<D: Dispatch> Bridge<D> {
         let decision = self
             .policy
             .evaluate(&head, TokenCheck::Require(&self.token));
-        let mut record = AccessRecord {
-            request_id,
-            method: parts.method.clone(),
-            route: None,
-            status: 0,
-            code: None,
-            // Query keys are logged only once the request is authenticated and allowed.
-            query_keys: String::new(),
-            started,
-            upstream_time: None,
-            req_state: None,
-            metrics: self.metrics.clone(),
-        };
+        let mut record = AccessRecord::new(request_id, parts.method.clone(), self.metrics.clone());
         let mut slot = None;
         let response: Response<BridgeBody> = match decision {
             Decision::Local(LocalEndpoint::Health) => respond::json_ok(b"{\"status\":\"ok\"}"),
@@ -655,15 +462,7 @@ impl<D: Dispatch> Bridge<D> {
         record.status = parts.status.as_u16();
         self.metrics
             .record_outcome(record.route.as_ref(), record.status, record.code);
-        Response::from_parts(
-            parts,
-            Logged {
-                inner,
-                bytes: 0,
-                record: Some(record),
-                _slot: slot,
-            },
-        )
+        Response::from_parts(parts, Logged::new(inner, record, slot))
     }
 }
 

@@ -285,6 +285,122 @@ fn splitmix64(mut z: u64) -> u64 {
     z ^ (z >> 31)
 }
 
+/// One request's access-log record, completed as the request is handled and written when the
+/// response body ends or is dropped (see [`Logged`]).
+#[derive(Debug)]
+pub struct AccessRecord {
+    pub request_id: String,
+    pub method: http::Method,
+    pub route: Option<std::sync::Arc<str>>,
+    pub status: u16,
+    pub code: Option<DenyCode>,
+    /// Query keys, filled only once the request is authenticated and allowed.
+    pub query_keys: String,
+    pub started: std::time::Instant,
+    pub upstream_time: Option<Duration>,
+    pub req_state: Option<std::sync::Arc<crate::limits::BodyState>>,
+    pub metrics: std::sync::Arc<Metrics>,
+}
+
+impl AccessRecord {
+    pub fn new(request_id: String, method: http::Method, metrics: std::sync::Arc<Metrics>) -> Self {
+        AccessRecord {
+            request_id,
+            method,
+            route: None,
+            status: 0,
+            code: None,
+            query_keys: String::new(),
+            started: std::time::Instant::now(),
+            upstream_time: None,
+            req_state: None,
+            metrics,
+        }
+    }
+
+    /// Counts the bytes and writes the access-log line.
+    fn finish(self, resp_bytes: u64) {
+        self.metrics
+            .bytes_out
+            .fetch_add(resp_bytes, Ordering::Relaxed);
+        let req_bytes = self.req_state.as_ref().map_or(0, |s| s.bytes());
+        self.metrics
+            .bytes_in
+            .fetch_add(req_bytes, Ordering::Relaxed);
+        access_log(&AccessLine {
+            request_id: &self.request_id,
+            method: self.method.as_str(),
+            route: self.route.as_deref().unwrap_or("-"),
+            status: self.status,
+            code: self.code.map_or("", DenyCode::as_str),
+            req_bytes,
+            resp_bytes,
+            total: self.started.elapsed(),
+            upstream: self.upstream_time,
+            query_keys: &self.query_keys,
+        });
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A response body as sent to the agent: counts bytes, holds `slot` (an in-flight count) until
+    /// it ends, and then writes the access-log line.
+    pub struct Logged<S> {
+        #[pin]
+        inner: crate::proxy::BridgeBody,
+        bytes: u64,
+        record: Option<AccessRecord>,
+        _slot: S,
+    }
+
+    impl<S> PinnedDrop for Logged<S> {
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            if let Some(record) = this.record.take() {
+                record.finish(*this.bytes);
+            }
+        }
+    }
+}
+
+impl<S> Logged<S> {
+    pub fn new(inner: crate::proxy::BridgeBody, record: AccessRecord, slot: S) -> Self {
+        Logged {
+            inner,
+            bytes: 0,
+            record: Some(record),
+            _slot: slot,
+        }
+    }
+}
+
+impl<S> http_body::Body for Logged<S> {
+    type Data = bytes::Bytes;
+    type Error = crate::limits::BodyError;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let this = self.project();
+        let polled = this.inner.poll_frame(cx);
+        if let std::task::Poll::Ready(Some(Ok(frame))) = &polled {
+            if let Some(data) = frame.data_ref() {
+                *this.bytes += data.len() as u64;
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 /// Upper bounds (seconds) of the upstream latency histogram buckets.
 const LATENCY_BUCKETS: [f64; 12] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0,

@@ -22,7 +22,7 @@ use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Empty};
 
 use crate::auth::UpstreamCredential;
-use crate::config::{Limits, Upstream};
+use crate::config::{Limits, Target, Upstream};
 use crate::limits::{BodyError, BodyState, GuardedBody};
 use crate::policy::{Allow, BodyKind, Deny, DenyCode, HeaderRules};
 use crate::telemetry::Metrics;
@@ -71,14 +71,21 @@ pub struct Forwarder {
 }
 
 impl Forwarder {
+    /// Builds the forwarder; warns once when no upstream credential is configured.
     pub fn new(
-        upstream: Upstream,
-        credential: Option<UpstreamCredential>,
-        run_id: Option<HeaderValue>,
+        target: Target,
         response_headers: HeaderRules,
         limits: &Limits,
         metrics: Arc<Metrics>,
     ) -> Forwarder {
+        let Target {
+            upstream,
+            credential,
+            run_id,
+        } = target;
+        if credential.is_none() {
+            tracing::warn!("no upstream credential configured; requests are forwarded without one");
+        }
         let port = upstream.authority.port_u16().unwrap_or(80);
         let pool = pool::Pool::new(
             format!("{}:{port}", upstream.authority.host()),

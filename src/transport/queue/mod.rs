@@ -1,23 +1,43 @@
-//! The queue transport. STUB: being implemented.
+//! The queue transport (SPEC §6.1, compatible with Paperclip `queue_v1`): the gateway turns each
+//! allowed agent request into `requests/<id>.json` inside the sandbox; the relay on the host
+//! drives the sandbox through one-shot commands (`<exec prefix…> '<sh script>'`), claims those
+//! files, re-applies the policy, forwards with the real credential and writes
+//! `responses/<id>.json` back.
+//!
+//! Promise: the agent-facing contract is `serve`'s; a mutation reaches the upstream at most once
+//! (the `.claimed` rename hand-off decides every race between the relay, a restarted relay and a
+//! gateway that gives up); the credential stays on the host; a burst costs two commands, idling
+//! one per five seconds. Attacks defended: anything in the sandbox may plant, edit or delete
+//! queue files or answer commands with garbage — the relay trusts no file, name or output, and
+//! the gateway trusts no response file beyond its allowlisted headers and bounded body.
+//!
+//! Files: [`file`] wire format (shared), [`gateway`] sandbox side, [`relay`] host side,
+//! [`scripts`] the `sh` scripts and their output protocol, [`helper`] the same operations in
+//! this binary (`--sandbox-helper`), [`exec`] running one command with a time cap and a scrubbed
+//! environment.
 
-use crate::cli::{GatewayArgs, RelayArgs};
+pub mod exec;
+pub mod file;
+pub mod gateway;
+pub mod helper;
+pub mod relay;
+pub mod scripts;
+
+use crate::cli::{GatewayArgs, QueueHelperArgs, RelayArgs};
 
 use super::TransportError;
 
-pub fn gateway(_args: GatewayArgs) -> Result<(), TransportError> {
-    Err(TransportError::Fatal(
-        "the queue gateway is not implemented yet".into(),
-    ))
+/// `callback-bridge gateway --transport queue`.
+pub fn gateway(args: GatewayArgs) -> Result<(), TransportError> {
+    gateway::run(args)
 }
 
-pub fn relay(_args: RelayArgs) -> Result<(), TransportError> {
-    Err(TransportError::Fatal(
-        "the queue relay is not implemented yet".into(),
-    ))
+/// `callback-bridge relay --transport queue -- <exec prefix…>`.
+pub fn relay(args: RelayArgs) -> Result<(), TransportError> {
+    relay::run(args)
 }
 
-pub fn helper(_args: crate::cli::QueueHelperArgs) -> Result<(), TransportError> {
-    Err(TransportError::Fatal(
-        "the queue helper is not implemented yet".into(),
-    ))
+/// `callback-bridge queue take|start|put …` (hidden): the sandbox helper.
+pub fn helper(args: QueueHelperArgs) -> Result<(), TransportError> {
+    helper::run(&args.args)
 }

@@ -16,13 +16,13 @@ use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::ffi::OsStr;
 use std::process::{ExitStatus, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{HeaderValue, AUTHORIZATION, CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
-use http::{Method, Request, Response};
+use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -39,14 +39,15 @@ use super::{
     PING_INTERVAL, PING_TIMEOUT, STREAM_WINDOW_BYTES,
 };
 use crate::auth::BridgeToken;
-use crate::cli::{self, Lifeline, RelayArgs};
-use crate::config::{self, Config, Lifecycle, DEFAULT_TOKEN_ENV, DEFAULT_UPSTREAM_TOKEN_ENV};
+use crate::cli::{self, RelayArgs};
+use crate::config::{self, Config, DEFAULT_TOKEN_ENV, DEFAULT_UPSTREAM_TOKEN_ENV};
+use crate::lifecycle::{self, Activity, ExitReason};
 use crate::limits::{BodyState, RateLimit};
 use crate::policy::{Decision, Deny, DenyCode, LocalEndpoint, Policy, RequestHead, TokenCheck};
 use crate::proxy::respond;
 use crate::proxy::{BridgeBody, Forwarder};
-use crate::server::{self, ExitReason};
-use crate::telemetry::{self, Metrics};
+use crate::server;
+use crate::telemetry::{self, AccessRecord, Logged, Metrics};
 use crate::transport::TransportError;
 
 /// Restarts allowed within [`RESTART_WINDOW`] before the relay gives up (exit 1): enough to ride
@@ -111,9 +112,7 @@ pub fn run(args: RelayArgs) -> Result<(), TransportError> {
 async fn relay(config: Config, launcher: Launcher) -> Result<(), TransportError> {
     let metrics = Arc::new(Metrics::default());
     let Config {
-        upstream,
-        credential,
-        run_id,
+        target,
         token,
         token_generated,
         policy,
@@ -121,17 +120,7 @@ async fn relay(config: Config, launcher: Launcher) -> Result<(), TransportError>
         lifecycle,
         ..
     } = config;
-    if credential.is_none() {
-        tracing::warn!("no upstream credential configured; requests are forwarded without one");
-    }
-    let forwarder = Forwarder::new(
-        upstream,
-        credential,
-        run_id,
-        policy.headers.clone(),
-        &limits,
-        metrics.clone(),
-    );
+    let forwarder = Forwarder::new(target, policy.headers.clone(), &limits, metrics.clone());
     let (deadline_tx, deadline_rx) = watch::channel(false);
     let relay = Arc::new(Relay {
         policy,
@@ -141,12 +130,17 @@ async fn relay(config: Config, launcher: Launcher) -> Result<(), TransportError>
         rate: RateLimit::new(limits.rate),
         body_idle_timeout: limits.body_idle_timeout,
         deadline: deadline_rx,
-        started: Instant::now(),
-        last_activity_ms: AtomicU64::new(0),
+        activity: Arc::default(),
         ids: telemetry::RequestIds::default(),
     });
     let (stop_tx, stop_rx) = mpsc::channel(4);
-    spawn_lifecycle(&lifecycle, &relay, stop_tx);
+    let counters = relay.metrics.clone();
+    lifecycle::spawn_watchers(
+        &lifecycle,
+        relay.activity.clone(),
+        move || counters.in_flight.load(Ordering::Acquire) > 0,
+        stop_tx,
+    );
     let ready_line = serde_json::to_string(&ReadyLine {
         event: "ready",
         transport: "stdio",
@@ -466,69 +460,6 @@ fn server_builder() -> hyper::server::conn::http2::Builder<TokioExecutor> {
     builder
 }
 
-/// Starts the watchers that stop the relay: signals, lifeline, lifetime, idle.
-fn spawn_lifecycle(lifecycle: &Lifecycle, relay: &Arc<Relay>, stop: mpsc::Sender<ExitReason>) {
-    {
-        // Installed now, before the readiness line: a SIGTERM right after it must stop the
-        // relay cleanly (exit line, child reaped), not kill it.
-        use tokio::signal::unix::{signal, SignalKind};
-        let handlers = (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-        );
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            let (Ok(mut term), Ok(mut int)) = handlers else {
-                tracing::error!("cannot install signal handlers");
-                return;
-            };
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
-            }
-            let _ = stop.send(ExitReason::Signal).await;
-        });
-    }
-    if lifecycle.lifeline == Lifeline::Stdin {
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            use tokio::io::AsyncReadExt;
-            let mut stdin = tokio::io::stdin();
-            let mut buf = [0u8; 256];
-            while let Ok(n) = stdin.read(&mut buf).await {
-                if n == 0 {
-                    break;
-                }
-            }
-            let _ = stop.send(ExitReason::Lifeline).await;
-        });
-    }
-    if let Some(lifetime) = lifecycle.max_lifetime {
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(lifetime).await;
-            let _ = stop.send(ExitReason::Lifetime).await;
-        });
-    }
-    if let Some(idle) = lifecycle.idle_exit {
-        let relay = relay.clone();
-        tokio::spawn(async move {
-            loop {
-                let last = relay.last_activity();
-                tokio::time::sleep_until((relay.started + last + idle).into()).await;
-                if relay.last_activity() == last {
-                    if relay.metrics.in_flight.load(Ordering::Acquire) == 0 {
-                        break;
-                    }
-                    // Busy with a long stream: look again after another idle period.
-                    relay.touch();
-                }
-            }
-            let _ = stop.send(ExitReason::Idle).await;
-        });
-    }
-}
-
 /// What every stream needs: the policy, the token, the forwarder and the counters.
 struct Relay {
     policy: Policy,
@@ -539,53 +470,20 @@ struct Relay {
     /// Longest wait for a request body's first frame (the forwarder applies it to the rest).
     body_idle_timeout: Duration,
     deadline: watch::Receiver<bool>,
-    started: Instant,
-    /// Milliseconds since `started` of the last stream (for `idle_exit`).
-    last_activity_ms: AtomicU64,
+    activity: Arc<Activity>,
     ids: telemetry::RequestIds,
 }
 
-/// One access-log record, written when the stream's response body ends or is dropped.
-struct AccessRecord {
-    request_id: String,
-    method: Method,
-    route: Option<Arc<str>>,
-    status: u16,
-    code: Option<DenyCode>,
-    query_keys: String,
-    started: Instant,
-    upstream_time: Option<Duration>,
-    req_state: Option<Arc<BodyState>>,
-}
-
 impl Relay {
-    fn touch(&self) {
-        let ms = self.started.elapsed().as_millis() as u64;
-        self.last_activity_ms.store(ms, Ordering::Relaxed);
-    }
-
-    fn last_activity(&self) -> Duration {
-        Duration::from_millis(self.last_activity_ms.load(Ordering::Relaxed))
-    }
-
     /// One stream: policy (token first), rate limit, forward; SPEC §4 order, as in `serve`.
-    async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<Tracked> {
+    async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<Logged<InFlightSlot>> {
         self.metrics.requests.fetch_add(1, Ordering::Relaxed);
         // Released when the response body ends, or here if the stream is reset mid-way.
         let slot = InFlightSlot::enter(&self.metrics);
-        self.touch();
+        self.activity.touch();
         let (mut parts, body) = req.into_parts();
-        let mut record = AccessRecord {
-            request_id: self.ids.next(),
-            method: parts.method.clone(),
-            route: None,
-            status: 0,
-            code: None,
-            query_keys: String::new(),
-            started: Instant::now(),
-            upstream_time: None,
-            req_state: None,
-        };
+        let mut record =
+            AccessRecord::new(self.ids.next(), parts.method.clone(), self.metrics.clone());
         let response = self.respond(&mut parts, body, &mut record).await;
         let (mut parts, inner) = response.into_parts();
         // Connection-specific headers do not exist in HTTP/2; the gateway adds its own.
@@ -593,16 +491,7 @@ impl Relay {
         record.status = parts.status.as_u16();
         self.metrics
             .record_outcome(record.route.as_ref(), record.status, record.code);
-        Response::from_parts(
-            parts,
-            Tracked {
-                inner,
-                bytes: 0,
-                record: Some(record),
-                metrics: self.metrics.clone(),
-                _slot: slot,
-            },
-        )
+        Response::from_parts(parts, Logged::new(inner, record, slot))
     }
 
     async fn respond(
@@ -712,69 +601,6 @@ impl Drop for InFlightSlot {
     }
 }
 
-pin_project_lite::pin_project! {
-    /// A stream's response body: counts bytes, and writes the access-log line and releases the
-    /// in-flight count when it ends.
-    struct Tracked {
-        #[pin]
-        inner: BridgeBody,
-        bytes: u64,
-        record: Option<AccessRecord>,
-        metrics: Arc<Metrics>,
-        _slot: InFlightSlot,
-    }
-
-    impl PinnedDrop for Tracked {
-        fn drop(this: Pin<&mut Self>) {
-            let this = this.project();
-            if let Some(r) = this.record.take() {
-                this.metrics.bytes_out.fetch_add(*this.bytes, Ordering::Relaxed);
-                let req_bytes = r.req_state.as_ref().map_or(0, |s| s.bytes());
-                this.metrics.bytes_in.fetch_add(req_bytes, Ordering::Relaxed);
-                telemetry::access_log(&telemetry::AccessLine {
-                    request_id: &r.request_id,
-                    method: r.method.as_str(),
-                    route: r.route.as_deref().unwrap_or("-"),
-                    status: r.status,
-                    code: r.code.map_or("", DenyCode::as_str),
-                    req_bytes,
-                    resp_bytes: *this.bytes,
-                    total: r.started.elapsed(),
-                    upstream: r.upstream_time,
-                    query_keys: &r.query_keys,
-                });
-            }
-        }
-    }
-}
-
-impl http_body::Body for Tracked {
-    type Data = Bytes;
-    type Error = crate::limits::BodyError;
-
-    fn poll_frame(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
-        let this = self.project();
-        let polled = this.inner.poll_frame(cx);
-        if let std::task::Poll::Ready(Some(Ok(frame))) = &polled {
-            if let Some(data) = frame.data_ref() {
-                *this.bytes += data.len() as u64;
-            }
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        self.inner.size_hint()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -819,9 +645,11 @@ mod tests {
         let policy = crate::config::build_policy(&cli::ProxyOptions::default()).unwrap();
         let limits = Config::load(cli::ProxyOptions::default()).unwrap().limits;
         let forwarder = Forwarder::new(
-            crate::config::Upstream::parse("http://127.0.0.1:9").unwrap(),
-            None,
-            None,
+            crate::config::Target {
+                upstream: crate::config::Upstream::parse("http://127.0.0.1:9").unwrap(),
+                credential: None,
+                run_id: None,
+            },
             policy.headers.clone(),
             &limits,
             Arc::default(),
@@ -834,8 +662,7 @@ mod tests {
             rate: RateLimit::new(None),
             body_idle_timeout: Duration::from_secs(1),
             deadline: deadline_tx.subscribe(),
-            started: Instant::now(),
-            last_activity_ms: AtomicU64::new(0),
+            activity: Arc::default(),
             ids: telemetry::RequestIds::default(),
         });
         let mut s = Supervisor {

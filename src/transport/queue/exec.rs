@@ -1,0 +1,252 @@
+//! Running one operation in the sandbox: `<exec prefix…> '<script>'`, capped in time and output.
+//!
+//! Promise: every command ends within [`COMMAND_TIMEOUT`] (it is killed otherwise); its stdout is
+//! read up to a caller-given bound and never beyond; its environment is the relay's minus every
+//! secret the relay knows of (the upstream credential's variable, the bridge token's, every
+//! `CALLBACK_BRIDGE_*`), and nothing secret is ever in its argv. Attacks defended: a sandbox that
+//! floods stdout or stderr, hangs, or reads the environment of the exec tool (`docker exec`,
+//! `kubectl exec` and `ssh` may forward parts of it).
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::process::Command;
+
+use super::scripts;
+
+/// Longest run of one command (SPEC §6.1). The idle wait inside the sandbox is 5 s; the rest is
+/// room for a slow exec channel (a `kubectl exec` through a busy API server) and large bodies.
+pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
+/// Stderr kept for the log when a command fails; the rest is read and dropped.
+const STDERR_KEEP: usize = 2048;
+
+/// Why a command did not produce a usable result.
+#[derive(Debug, thiserror::Error)]
+pub enum ExecError {
+    #[error("cannot start {program}: {source}")]
+    Spawn {
+        program: String,
+        source: std::io::Error,
+    },
+    #[error("command did not finish within {0:?}")]
+    Timeout(Duration),
+    #[error("command printed more than {0} bytes")]
+    TooMuchOutput(usize),
+    #[error("command I/O failed: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// What a finished command left.
+#[derive(Debug)]
+pub struct Output {
+    pub stdout: Vec<u8>,
+    pub success: bool,
+    /// The start of stderr, for diagnostics (sandbox-controlled text: log it, never trust it).
+    pub stderr: String,
+}
+
+/// The exec prefix and the environment hygiene of every spawned command.
+#[derive(Debug, Clone)]
+pub struct Runner {
+    prefix: Vec<String>,
+    scrub: Vec<String>,
+}
+
+/// Environment variables removed from every spawned command: all of `CALLBACK_BRIDGE_*` (the
+/// default credential and token variables live there) plus the names configured for the upstream
+/// credential and the bridge token, and Paperclip's token variable.
+pub fn secret_env_names(configured: &[&str]) -> Vec<String> {
+    let mut names: Vec<String> = std::env::vars_os()
+        .filter_map(|(k, _)| k.into_string().ok())
+        .filter(|k| k.starts_with("CALLBACK_BRIDGE_"))
+        .collect();
+    for extra in configured.iter().copied().chain([
+        "CALLBACK_BRIDGE_UPSTREAM_TOKEN",
+        "CALLBACK_BRIDGE_TOKEN",
+        "PAPERCLIP_BRIDGE_TOKEN",
+    ]) {
+        if !names.iter().any(|n| n == extra) {
+            names.push(extra.to_owned());
+        }
+    }
+    names
+}
+
+impl Runner {
+    /// `prefix` is non-empty (clap requires the command after `--`).
+    pub fn new(prefix: Vec<String>, scrub: Vec<String>) -> Runner {
+        Runner { prefix, scrub }
+    }
+
+    pub fn prefix(&self) -> &[String] {
+        &self.prefix
+    }
+
+    /// Runs `prefix… script` with `stdin` (or none), keeping at most `stdout_cap` bytes of stdout.
+    pub async fn run(
+        &self,
+        script: String,
+        stdin: Option<Vec<u8>>,
+        stdout_cap: usize,
+    ) -> Result<Output, ExecError> {
+        let script = scripts::for_prefix(&self.prefix, script);
+        let (program, args) = self
+            .prefix
+            .split_first()
+            .map(|(p, a)| (p.as_str(), a))
+            .unwrap_or(("sh", &[]));
+        let mut cmd = Command::new(program);
+        cmd.args(args)
+            .arg(script)
+            .stdin(if stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        for name in &self.scrub {
+            cmd.env_remove(name);
+        }
+        let mut child = cmd.spawn().map_err(|source| ExecError::Spawn {
+            program: program.to_owned(),
+            source,
+        })?;
+        let stdin_task = match (child.stdin.take(), stdin) {
+            (Some(mut pipe), Some(data)) => Some(tokio::spawn(async move {
+                // A command that exits without reading its stdin is not an error here: its
+                // output says what it did.
+                let _ = pipe.write_all(&data).await;
+                let _ = pipe.shutdown().await;
+            })),
+            _ => None,
+        };
+        let mut stdout = child.stdout.take();
+        let mut stderr = child.stderr.take();
+        let work = async {
+            let read_out = async {
+                let mut buf = Vec::new();
+                if let Some(out) = stdout.as_mut() {
+                    let mut limited = out.take(stdout_cap as u64 + 1);
+                    limited.read_to_end(&mut buf).await?;
+                }
+                if buf.len() > stdout_cap {
+                    // Stop at once: the command is killed below, not waited for.
+                    return Err(ExecError::TooMuchOutput(stdout_cap));
+                }
+                Ok::<_, ExecError>(buf)
+            };
+            let read_err = async {
+                let mut kept = Vec::new();
+                if let Some(err) = stderr.as_mut() {
+                    let mut chunk = [0u8; 1024];
+                    loop {
+                        let n = err.read(&mut chunk).await?;
+                        if n == 0 {
+                            break;
+                        }
+                        let room = STDERR_KEEP.saturating_sub(kept.len());
+                        kept.extend_from_slice(&chunk[..n.min(room)]);
+                    }
+                }
+                Ok::<_, ExecError>(kept)
+            };
+            let (out, err) = tokio::try_join!(read_out, read_err)?;
+            let status = child.wait().await?;
+            Ok::<_, ExecError>((out, err, status))
+        };
+        let result = tokio::time::timeout(COMMAND_TIMEOUT, work).await;
+        if let Some(task) = stdin_task {
+            task.abort();
+        }
+        match result {
+            Err(_) => {
+                let _ = child.start_kill();
+                let _ = child.wait().await;
+                Err(ExecError::Timeout(COMMAND_TIMEOUT))
+            }
+            Ok(Err(e)) => {
+                let _ = child.start_kill();
+                let _ = child.wait().await;
+                Err(e)
+            }
+            Ok(Ok((stdout, stderr, status))) => Ok(Output {
+                stdout,
+                success: status.success(),
+                stderr: String::from_utf8_lossy(&stderr).into_owned(),
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sh() -> Vec<String> {
+        vec!["sh".to_owned(), "-c".to_owned()]
+    }
+
+    #[tokio::test]
+    async fn runs_the_script_with_stdin_and_reports_failure() {
+        let r = Runner::new(sh(), vec![]);
+        let out = r
+            .run(
+                "cat; echo done; exit 3".into(),
+                Some(b"in\n".to_vec()),
+                1024,
+            )
+            .await
+            .unwrap();
+        assert_eq!(out.stdout, b"in\ndone\n");
+        assert!(!out.success);
+    }
+
+    #[tokio::test]
+    async fn stops_a_command_that_prints_too_much() {
+        let r = Runner::new(sh(), vec![]);
+        let started = std::time::Instant::now();
+        let err = r
+            .run("while :; do echo xxxxxxxxxxxxxxxx; done".into(), None, 1000)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, ExecError::TooMuchOutput(1000)), "{err}");
+        assert!(
+            started.elapsed() < COMMAND_TIMEOUT,
+            "not left to the time cap"
+        );
+    }
+
+    #[tokio::test]
+    async fn removes_the_scrubbed_variables() {
+        let r = Runner::new(sh(), vec!["HOME".to_owned(), "PATH".to_owned()]);
+        // `env` shows what the command inherited (sh itself re-creates a default PATH).
+        let out = r
+            .run("/usr/bin/env; echo end".into(), None, 1 << 20)
+            .await
+            .unwrap();
+        let text = String::from_utf8(out.stdout).unwrap();
+        assert!(text.ends_with("end\n"), "{text}");
+        assert!(
+            !text
+                .lines()
+                .any(|l| l.starts_with("HOME=") || l.starts_with("PATH=")),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn secret_names_cover_the_configured_variables() {
+        let names = secret_env_names(&["MY_KEY"]);
+        for n in [
+            "MY_KEY",
+            "CALLBACK_BRIDGE_UPSTREAM_TOKEN",
+            "CALLBACK_BRIDGE_TOKEN",
+            "PAPERCLIP_BRIDGE_TOKEN",
+        ] {
+            assert!(names.iter().any(|x| x == n), "{n}");
+        }
+    }
+}
