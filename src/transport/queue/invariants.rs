@@ -160,10 +160,16 @@ fn check_refusal(input: &QueueInput<'_>, e: &FileError) -> Result<(), Violation>
     })
 }
 
-/// serde_json's generic reader (last duplicate key wins) must see the same document: otherwise a
-/// planted file could mean one thing to this decoder and another to a lenient reader.
+/// A lenient second reader must see the same document: otherwise a planted file could mean one
+/// thing to this decoder and another to, say, Paperclip's host worker. The second reader is
+/// Node's way of reading a file: bytes to text with invalid UTF-8 replaced by U+FFFD, then a
+/// generic JSON parse where the last duplicate key wins (serde_json's `Value`). (serde_json's
+/// typed decoder does not validate UTF-8 inside the strings of fields it ignores, which a
+/// strict `Value` parse of the raw bytes would refuse; found by `queue_decode`. Those bytes
+/// cannot change any field the bridge reads, so the lossy reading is the meaningful one.)
 fn check_second_reader(bytes: &[u8], parsed: &Parsed, what: &str) -> Result<(), Violation> {
-    let value: Value = serde_json::from_slice(bytes).map_err(|e| {
+    let text = String::from_utf8_lossy(bytes);
+    let value: Value = serde_json::from_str(&text).map_err(|e| {
         Violation(format!(
             "{what} file accepted, but not JSON to serde_json::Value: {e}"
         ))
