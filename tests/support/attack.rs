@@ -186,6 +186,11 @@ pub fn raise_nofile(wanted: u64) -> u64 {
         return soft;
     }
     let target = wanted.min(hard);
+    let hard = if hard == u64::MAX {
+        "unlimited".to_owned()
+    } else {
+        hard.to_string()
+    };
     let _ = Command::new("prlimit")
         .arg("--pid")
         .arg(std::process::id().to_string())
