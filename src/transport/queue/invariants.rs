@@ -160,23 +160,65 @@ fn check_refusal(input: &QueueInput<'_>, e: &FileError) -> Result<(), Violation>
     })
 }
 
-/// A lenient second reader must see the same document: otherwise a planted file could mean one
-/// thing to this decoder and another to, say, Paperclip's host worker. The second reader is
-/// Node's way of reading a file: bytes to text with invalid UTF-8 replaced by U+FFFD, then a
-/// generic JSON parse where the last duplicate key wins (serde_json's `Value`). (serde_json's
-/// typed decoder does not validate UTF-8 inside the strings of fields it ignores, which a
-/// strict `Value` parse of the raw bytes would refuse; found by `queue_decode`. Those bytes
-/// cannot change any field the bridge reads, so the lossy reading is the meaningful one.)
+/// The fields of a queue file the bridge reads; everything else is ignored by every reader.
+const KNOWN_FIELDS: [&str; 10] = [
+    "id",
+    "method",
+    "path",
+    "query",
+    "headers",
+    "body",
+    "bodyEncoding",
+    "createdAt",
+    "status",
+    "completedAt",
+];
+
+/// A lenient, independent JSON reader of a queue file: a top-level object whose known fields are
+/// read as generic `Value`s (the last duplicate wins, as in JavaScript's `JSON.parse`) and whose
+/// unknown fields are skipped unread, as Paperclip's host worker and this decoder both ignore
+/// them. Input bytes are read as text the way Node reads a file (invalid UTF-8 becomes U+FFFD).
+struct LenientFile(serde_json::Map<String, Value>);
+
+impl<'de> serde::Deserialize<'de> for LenientFile {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = LenientFile;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<LenientFile, A::Error> {
+                let mut out = serde_json::Map::new();
+                while let Some(key) = map.next_key::<String>()? {
+                    if KNOWN_FIELDS.contains(&key.as_str()) {
+                        out.insert(key, map.next_value::<Value>()?);
+                    } else {
+                        map.next_value::<serde::de::IgnoredAny>()?;
+                    }
+                }
+                Ok(LenientFile(out))
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+/// A lenient second reader ([`LenientFile`]) must see the same document: otherwise a planted
+/// file could mean one thing to this decoder and another to, say, Paperclip's host worker.
+/// (Content of unknown fields is not compared: serde_json's typed decoder skips it without
+/// validating UTF-8 or `\u` surrogate escapes, which a strict generic parse would refuse — found
+/// twice by `queue_decode` — and it cannot change any field the bridge reads.)
 fn check_second_reader(bytes: &[u8], parsed: &Parsed, what: &str) -> Result<(), Violation> {
     let text = String::from_utf8_lossy(bytes);
-    let value: Value = serde_json::from_str(&text).map_err(|e| {
+    let LenientFile(object) = serde_json::from_str(&text).map_err(|e| {
         Violation(format!(
-            "{what} file accepted, but not JSON to serde_json::Value: {e}"
+            "{what} file accepted, but a lenient JSON reader refuses it: {e}"
         ))
     })?;
-    let object = value
-        .as_object()
-        .ok_or_else(|| Violation(format!("{what} file accepted, but it is not a JSON object")))?;
     for (name, expected) in &parsed.scalars {
         ensure(object.get(*name) == Some(expected), || {
             format!(
