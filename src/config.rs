@@ -205,14 +205,17 @@ impl Upstream {
             .scheme()
             .cloned()
             .ok_or_else(|| invalid(key, format!("{raw:?} has no scheme (use http://)")))?;
-        if scheme != http::uri::Scheme::HTTP {
-            if scheme == http::uri::Scheme::HTTPS {
-                return Err(invalid(
-                    key,
-                    "https upstreams are not supported by this build (no TLS stack is linked); use http on loopback or a TLS-terminating sidecar",
-                ));
-            }
-            return Err(invalid(key, format!("scheme {scheme} is not http")));
+        if scheme == http::uri::Scheme::HTTPS && !cfg!(feature = "tls") {
+            return Err(invalid(
+                key,
+                "https upstreams need the `tls` feature, which this build was compiled without",
+            ));
+        }
+        if scheme != http::uri::Scheme::HTTP && scheme != http::uri::Scheme::HTTPS {
+            return Err(invalid(
+                key,
+                format!("scheme {scheme} is not http or https"),
+            ));
         }
         let authority = uri
             .authority()
@@ -223,6 +226,13 @@ impl Upstream {
         }
         if authority.host().is_empty() {
             return Err(invalid(key, "has an empty host"));
+        }
+        #[cfg(feature = "tls")]
+        if scheme == http::uri::Scheme::HTTPS {
+            let host = authority.host().trim_matches(['[', ']']).to_owned();
+            if tokio_rustls::rustls::pki_types::ServerName::try_from(host).is_err() {
+                return Err(invalid(key, "host is not a valid TLS server name"));
+            }
         }
         let base_path = uri.path().trim_end_matches('/').to_owned();
         let host = http::HeaderValue::from_str(authority.as_str())
@@ -245,6 +255,19 @@ impl Upstream {
         pq.push_str(&self.base_path);
         pq.push_str(target);
         Ok(http::Uri::try_from(pq)?)
+    }
+
+    pub fn is_https(&self) -> bool {
+        self.scheme == http::uri::Scheme::HTTPS
+    }
+
+    /// `host:port`, with the scheme's default port when none is given.
+    pub fn connect_address(&self) -> String {
+        let port = self
+            .authority
+            .port_u16()
+            .unwrap_or(if self.is_https() { 443 } else { 80 });
+        format!("{}:{port}", self.authority.host())
     }
 
     pub fn display(&self) -> String {
@@ -593,6 +616,8 @@ mod tests {
         );
         let u = Upstream::parse("http://h:1/base/").unwrap();
         assert_eq!(u.uri_for("/api").unwrap().path(), "/base/api");
+        #[cfg(feature = "tls")]
+        assert!(Upstream::parse("https://paperclip.example").is_ok());
         for bad in [
             "ftp://x",
             "http://u:p@h/",

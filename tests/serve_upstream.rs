@@ -46,6 +46,30 @@ fn upstream_down_is_502_upstream_unavailable() {
 }
 
 #[test]
+fn https_upstream_is_never_spoken_to_in_plain_text() {
+    // An https upstream URL pointing at a plain-HTTP server: the TLS handshake fails (the server
+    // answers a ClientHello with an HTTP 400 or closes), so the agent gets 502 and the server never
+    // sees an HTTP request from the bridge (no fall-back to plain text, credential never sent).
+    let upstream = MockUpstream::start();
+    let url = upstream.url().replacen("http://", "https://", 1);
+    let bridge = Bridge::spawn(
+        &["--upstream", &url],
+        &[
+            ("CALLBACK_BRIDGE_TOKEN", BRIDGE_TOKEN),
+            ("CALLBACK_BRIDGE_UPSTREAM_TOKEN", UPSTREAM_TOKEN),
+        ],
+    );
+    bridge
+        .get(GET_TARGET)
+        .assert_bridge_error(502, "upstream_unavailable");
+    bridge
+        .send(post())
+        .assert_bridge_error(502, "upstream_unavailable");
+    assert_eq!(upstream.request_count(), 0, "no plain-text request");
+    assert!(!bridge.stderr_text().contains(UPSTREAM_TOKEN));
+}
+
+#[test]
 fn slow_upstream_get_is_504_upstream_timeout() {
     let upstream = MockUpstream::start_with(Behaviour::Hang);
     let bridge = Bridge::for_upstream(&upstream, &["--upstream-timeout", "300ms"]);

@@ -86,11 +86,7 @@ impl Forwarder {
         if credential.is_none() {
             tracing::warn!("no upstream credential configured; requests are forwarded without one");
         }
-        let port = upstream.authority.port_u16().unwrap_or(80);
-        let pool = pool::Pool::new(
-            format!("{}:{port}", upstream.authority.host()),
-            limits.upstream_connect_timeout,
-        );
+        let pool = pool::Pool::new(&upstream, limits.upstream_connect_timeout);
         Forwarder {
             pool,
             upstream,

@@ -4,7 +4,8 @@
 //! (the connection was found closed before a byte was written), so nothing that may have reached
 //! the upstream is ever sent twice. Connections go back to the pool only after their response
 //! body was read to the end; anything else closes them. One upstream means one key, so the pool
-//! is a plain LIFO stack behind a mutex: no hashing, no per-request background task.
+//! is a plain LIFO stack behind a mutex: no hashing, no per-request background task. An https
+//! upstream is reached over rustls, verified against the compiled-in Mozilla roots, HTTP/1.1 only.
 
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -49,6 +50,48 @@ pub struct Pool {
     authority: String,
     connect_timeout: Duration,
     idle: Mutex<Vec<Idle>>,
+    /// An https upstream is never spoken to in plain text, whatever else fails.
+    https: bool,
+    #[cfg(feature = "tls")]
+    tls: Option<Tls>,
+}
+
+/// The TLS client side of an https upstream.
+#[cfg(feature = "tls")]
+struct Tls {
+    connector: tokio_rustls::TlsConnector,
+    server_name: tokio_rustls::rustls::pki_types::ServerName<'static>,
+}
+
+#[cfg(feature = "tls")]
+impl Tls {
+    fn for_upstream(upstream: &crate::config::Upstream) -> Option<Tls> {
+        use std::sync::Arc;
+        use tokio_rustls::rustls;
+        if !upstream.is_https() {
+            return None;
+        }
+        let roots = rustls::RootCertStore {
+            roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+        };
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .ok()?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let host = upstream
+            .authority
+            .host()
+            .trim_matches(['[', ']'])
+            .to_owned();
+        let server_name = rustls::pki_types::ServerName::try_from(host).ok()?;
+        Some(Tls {
+            connector: tokio_rustls::TlsConnector::from(Arc::new(config)),
+            server_name,
+        })
+    }
 }
 
 impl std::fmt::Debug for Pool {
@@ -60,12 +103,14 @@ impl std::fmt::Debug for Pool {
 }
 
 impl Pool {
-    /// `authority` is `host:port` (the port already defaulted).
-    pub fn new(authority: String, connect_timeout: Duration) -> Arc<Pool> {
+    pub fn new(upstream: &crate::config::Upstream, connect_timeout: Duration) -> Arc<Pool> {
         Arc::new(Pool {
-            authority,
+            authority: upstream.connect_address(),
             connect_timeout,
             idle: Mutex::new(Vec::new()),
+            https: upstream.is_https(),
+            #[cfg(feature = "tls")]
+            tls: Tls::for_upstream(upstream),
         })
     }
 
@@ -101,7 +146,30 @@ impl Pool {
         .map_err(|_| UpstreamError::Connect("connect timed out".into()))?
         .map_err(|e| UpstreamError::Connect(e.to_string()))?;
         let _ = stream.set_nodelay(true);
-        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        #[cfg(feature = "tls")]
+        if let Some(tls) = &self.tls {
+            let stream = tokio::time::timeout(
+                self.connect_timeout,
+                tls.connector.connect(tls.server_name.clone(), stream),
+            )
+            .await
+            .map_err(|_| UpstreamError::Connect("TLS handshake timed out".into()))?
+            .map_err(|e| UpstreamError::Connect(format!("TLS handshake failed: {e}")))?;
+            return Self::handshake(stream).await;
+        }
+        if self.https {
+            return Err(UpstreamError::Connect(
+                "no TLS client for this https upstream".into(),
+            ));
+        }
+        Self::handshake(stream).await
+    }
+
+    async fn handshake<T>(io: T) -> Result<SendRequest<BridgeBody>, UpstreamError>
+    where
+        T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
             .await
             .map_err(|e| UpstreamError::Connect(e.to_string()))?;
         tokio::spawn(async move {
