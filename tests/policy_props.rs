@@ -1,11 +1,16 @@
 //! Property tests of the request policy: whatever the input, an accepted target is canonical
 //! and an `Allow` forwards exactly what was checked, to a route that matches it, with only
-//! allowlisted headers.
+//! allowlisted headers; without the token nothing but 401 (health aside).
+//!
+//! The invariants themselves live in `callback_bridge::policy::invariants`, shared with the
+//! fuzz targets in `fuzz/`: these tests run them on stable with proptest's generators, the
+//! fuzzers with libFuzzer's.
 
 use callback_bridge::auth::BridgeToken;
-use callback_bridge::policy::{
-    Decision, HeaderRules, Policy, RequestHead, RequestTarget, TokenCheck,
+use callback_bridge::policy::invariants::{
+    self, BodyInput, MethodInput, NameInput, PolicyInput, TargetInput, TokenInput, ValueInput,
 };
+use callback_bridge::policy::{Policy, RequestHead, TokenCheck};
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
 use proptest::prelude::*;
 use std::sync::LazyLock;
@@ -29,6 +34,11 @@ const GOOD_PIECES: &[&str] = &[
     "%c3%a9",
     "%e2%82%ac",
     "%25",
+    "%32",
+    "%65",
+    "%66",
+    "2",
+    "e",
     ";",
     "=",
     "&",
@@ -61,74 +71,13 @@ fn target_strategy() -> impl Strategy<Value = String> {
     ]
 }
 
-fn hex(b: u8) -> Option<u8> {
-    (b as char).to_digit(16).map(|d| d as u8)
-}
-
-/// Naive percent-decoding, independent of the implementation under test.
-fn decode(segment: &str) -> Vec<u8> {
-    let bytes = segment.as_bytes();
-    let mut out = Vec::new();
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' && i + 2 < bytes.len() {
-            if let (Some(h), Some(l)) = (hex(bytes[i + 1]), hex(bytes[i + 2])) {
-                out.push(h * 16 + l);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    out
-}
-
-fn assert_canonical(raw: &str, target: &RequestTarget<'_>) {
-    let path = target.path;
-    assert!(path.starts_with('/'), "{raw:?}");
-    assert!(!path.contains("//"), "{raw:?}");
-    assert!(path.len() <= 2048, "{raw:?}");
-    assert!(target.query.map_or(true, |q| q.len() <= 4096), "{raw:?}");
-    let lower = path.to_ascii_lowercase();
-    for forbidden in ["%2f", "%5c", "%00", "\\", "\0"] {
-        assert!(!lower.contains(forbidden), "{raw:?} contains {forbidden:?}");
-    }
-    assert!(
-        !raw.bytes()
-            .any(|b| b < 0x20 || b == 0x7f || b == b' ' || b == b'#'),
-        "{raw:?}"
-    );
-    let bytes = path.as_bytes();
-    for (i, _) in path.match_indices('%') {
-        assert!(
-            i + 2 < bytes.len() && hex(bytes[i + 1]).is_some() && hex(bytes[i + 2]).is_some(),
-            "{raw:?}: bad escape at {i}"
-        );
-    }
-    for segment in path.split('/').skip(1) {
-        let decoded = decode(segment);
-        assert!(
-            decoded != b"." && decoded != b"..",
-            "{raw:?}: dot segment {segment:?}"
-        );
-    }
-    let mut rebuilt = path.to_owned();
-    if let Some(query) = target.query {
-        rebuilt.push('?');
-        rebuilt.push_str(query);
-    }
-    assert_eq!(rebuilt, raw);
-    assert_eq!(target.to_string(), raw);
-}
-
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(2000))]
 
     #[test]
     fn accepted_targets_are_canonical_and_reserialise_identically(raw in target_strategy()) {
-        if let Ok(target) = RequestTarget::parse(&raw) {
-            assert_canonical(&raw, &target);
+        if let Err(violation) = invariants::check_target(&raw) {
+            return Err(TestCaseError::fail(violation.to_string()));
         }
     }
 }
@@ -287,23 +236,109 @@ proptest! {
             headers.append(HeaderName::from_static(name), HeaderValue::from_static(value));
         }
         let head = RequestHead { method: &method, target: &target, headers: &headers };
-        match policy.evaluate(&head, TokenCheck::Require(&token)) {
-            Decision::Allow(allow) => {
-                prop_assert_eq!(&allow.target, &target);
-                let checked = RequestTarget::parse(&allow.target).expect("forwarded target parses");
-                assert_canonical(&target, &checked);
-                let route = policy.routes.find(&method, checked.path).expect("route matches");
-                prop_assert_eq!(&route.id, &allow.route_id);
-                let allowed = HeaderRules::default();
-                for name in allow.headers.keys() {
-                    prop_assert!(allowed.request_names().contains(name), "forwarded {}", name);
-                }
-                prop_assert!(allow.headers.get("authorization").is_none());
-                prop_assert!(method != Method::TRACE && method != Method::CONNECT);
-                prop_assert_eq!(headers.get_all("authorization").iter().count(), 1);
-            }
-            Decision::Local(_) => prop_assert!(target.starts_with("/__bridge/")),
-            Decision::Deny(deny) => prop_assert!(!deny.message.is_empty()),
+        let check = TokenCheck::Require(&token);
+        let decision = policy.evaluate(&head, check);
+        if let Err(violation) = invariants::check_decision(policy, &head, check, &decision) {
+            return Err(TestCaseError::fail(violation.to_string()));
+        }
+    }
+}
+
+/// Free text for parameters, queries and raw header values: mostly the hostile pieces above.
+fn text_strategy() -> impl Strategy<Value = String> {
+    prop_oneof![
+        4 => prop::collection::vec(
+            prop_oneof![
+                3 => prop::sample::select(GOOD_PARAMS),
+                2 => prop::sample::select(BAD_PARAMS),
+                1 => prop::sample::select(GOOD_PIECES),
+            ],
+            0..3,
+        )
+        .prop_map(|pieces| pieces.concat()),
+        1 => any::<String>(),
+    ]
+}
+
+/// The same structured request the `policy` fuzz target derives with `arbitrary`.
+fn policy_input_strategy() -> impl Strategy<Value = PolicyInput> {
+    let method = prop_oneof![
+        3 => Just(MethodInput::Get),
+        1 => Just(MethodInput::Head),
+        3 => Just(MethodInput::Post),
+        1 => Just(MethodInput::Put),
+        1 => Just(MethodInput::Patch),
+        1 => Just(MethodInput::Delete),
+        1 => Just(MethodInput::Options),
+        1 => Just(MethodInput::Trace),
+        1 => Just(MethodInput::Track),
+        1 => Just(MethodInput::Connect),
+        1 => "[A-Za-z_-]{1,8}".prop_map(MethodInput::Other),
+    ];
+    let target = prop_oneof![
+        6 => (
+            any::<u16>(),
+            prop::collection::vec(text_strategy(), 0..4),
+            prop::option::of(text_strategy()),
+        )
+            .prop_map(|(route, params, query)| TargetInput::Route { route, params, query }),
+        2 => target_strategy().prop_map(TargetInput::Raw),
+        1 => prop::sample::select(&["", "/", "/health", "/health?x", "/metrics", "/x"][..])
+            .prop_map(|s| TargetInput::Bridge(s.to_owned())),
+    ];
+    let token = prop_oneof![
+        6 => Just(TokenInput::Valid),
+        2 => Just(TokenInput::Missing),
+        1 => Just(TokenInput::Twice),
+        1 => text_strategy().prop_map(TokenInput::Bearer),
+        1 => prop::collection::vec(any::<u8>(), 0..40).prop_map(TokenInput::Raw),
+    ];
+    let header = (
+        prop_oneof![
+            6 => any::<u8>().prop_map(NameInput::Known),
+            1 => "[a-zA-Z_-]{1,12}".prop_map(NameInput::Raw),
+        ],
+        prop_oneof![
+            6 => any::<u8>().prop_map(ValueInput::Known),
+            1 => prop::collection::vec(any::<u8>(), 0..20).prop_map(ValueInput::Raw),
+        ],
+    );
+    let body = prop_oneof![
+        4 => Just(BodyInput::None),
+        2 => prop_oneof![Just(0u64), Just(2), Just(17), Just(1025), any::<u64>()]
+            .prop_map(BodyInput::JsonLength),
+        1 => Just(BodyInput::JsonChunked),
+        1 => any::<u64>().prop_map(BodyInput::Length),
+    ];
+    (
+        any::<u8>(),
+        method,
+        target,
+        token,
+        prop::collection::vec(header, 0..6),
+        body,
+        prop::bool::weighted(0.1),
+    )
+        .prop_map(
+            |(policy, method, target, token, headers, body, skip_token_check)| PolicyInput {
+                policy,
+                method,
+                target,
+                token,
+                headers,
+                body,
+                skip_token_check,
+            },
+        )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(3000))]
+
+    #[test]
+    fn structured_requests_keep_every_policy_invariant(input in policy_input_strategy()) {
+        if let Err(violation) = invariants::check_policy_input(&input) {
+            return Err(TestCaseError::fail(violation.to_string()));
         }
     }
 }

@@ -24,6 +24,8 @@
 //!   header line, duplicates included, and names plus values in bytes.
 
 pub mod headers;
+#[doc(hidden)]
+pub mod invariants;
 pub mod routes;
 pub mod target;
 

@@ -12,6 +12,9 @@
 //! broken bridge makes a test fail, never hang.
 #![allow(dead_code)]
 
+/// Helpers for the adversarial suite (`tests/attack_*.rs`).
+pub mod attack;
+
 use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::io::{self, BufRead, BufReader, Read, Write};

@@ -20,6 +20,8 @@ pub mod exec;
 pub mod file;
 pub mod gateway;
 pub mod helper;
+#[doc(hidden)]
+pub mod invariants;
 pub mod relay;
 pub mod scripts;
 
