@@ -160,8 +160,8 @@ fn check_refusal(input: &QueueInput<'_>, e: &FileError) -> Result<(), Violation>
     })
 }
 
-/// The fields of a queue file the bridge reads; everything else is ignored by every reader.
-const KNOWN_FIELDS: [&str; 10] = [
+/// The fields of a request file the bridge reads; everything else is ignored by every reader.
+const REQUEST_FIELDS: [&str; 8] = [
     "id",
     "method",
     "path",
@@ -170,7 +170,15 @@ const KNOWN_FIELDS: [&str; 10] = [
     "body",
     "bodyEncoding",
     "createdAt",
+];
+
+/// The fields of a response file the bridge reads.
+const RESPONSE_FIELDS: [&str; 6] = [
+    "id",
     "status",
+    "headers",
+    "body",
+    "bodyEncoding",
     "completedAt",
 ];
 
@@ -180,9 +188,24 @@ const KNOWN_FIELDS: [&str; 10] = [
 /// them. Input bytes are read as text the way Node reads a file (invalid UTF-8 becomes U+FFFD).
 struct LenientFile(serde_json::Map<String, Value>);
 
-impl<'de> serde::Deserialize<'de> for LenientFile {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
+impl LenientFile {
+    fn read(text: &str, known: &'static [&'static str]) -> serde_json::Result<LenientFile> {
+        use serde::de::DeserializeSeed;
+        let mut de = serde_json::Deserializer::from_str(text);
+        let file = Fields(known).deserialize(&mut de)?;
+        de.end()?;
+        Ok(file)
+    }
+}
+
+/// The seed that reads one file, knowing which fields are read.
+struct Fields(&'static [&'static str]);
+
+impl<'de> serde::de::DeserializeSeed<'de> for Fields {
+    type Value = LenientFile;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<LenientFile, D::Error> {
+        struct V(&'static [&'static str]);
         impl<'de> serde::de::Visitor<'de> for V {
             type Value = LenientFile;
             fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -194,7 +217,7 @@ impl<'de> serde::Deserialize<'de> for LenientFile {
             ) -> Result<LenientFile, A::Error> {
                 let mut out = serde_json::Map::new();
                 while let Some(key) = map.next_key::<String>()? {
-                    if KNOWN_FIELDS.contains(&key.as_str()) {
+                    if self.0.contains(&key.as_str()) {
                         out.insert(key, map.next_value::<Value>()?);
                     } else {
                         map.next_value::<serde::de::IgnoredAny>()?;
@@ -203,18 +226,24 @@ impl<'de> serde::Deserialize<'de> for LenientFile {
                 Ok(LenientFile(out))
             }
         }
-        d.deserialize_map(V)
+        d.deserialize_map(V(self.0))
     }
 }
 
 /// A lenient second reader ([`LenientFile`]) must see the same document: otherwise a planted
 /// file could mean one thing to this decoder and another to, say, Paperclip's host worker.
 /// (Content of unknown fields is not compared: serde_json's typed decoder skips it without
-/// validating UTF-8 or `\u` surrogate escapes, which a strict generic parse would refuse — found
-/// twice by `queue_decode` — and it cannot change any field the bridge reads.)
+/// validating UTF-8, `\u` surrogate escapes or number ranges, which a strict generic parse would
+/// refuse — found three times by `queue_decode` — and it cannot change any field the bridge
+/// reads. A response's `status` is unknown to a request file and vice versa.)
 fn check_second_reader(bytes: &[u8], parsed: &Parsed, what: &str) -> Result<(), Violation> {
     let text = String::from_utf8_lossy(bytes);
-    let LenientFile(object) = serde_json::from_str(&text).map_err(|e| {
+    let known: &'static [&'static str] = if what == "response" {
+        &RESPONSE_FIELDS
+    } else {
+        &REQUEST_FIELDS
+    };
+    let LenientFile(object) = LenientFile::read(&text, known).map_err(|e| {
         Violation(format!(
             "{what} file accepted, but a lenient JSON reader refuses it: {e}"
         ))
@@ -347,5 +376,48 @@ mod tests {
         assert!(
             check_second_reader(br#"{"id":"x","body":"a","query":"?q"}"#, &parsed, "t").is_err()
         );
+        // The lenient reader keeps the last duplicate, as JSON.parse does.
+        let dup_last = br#"{"id":"x","body":"b","body":"a"}"#;
+        assert!(check_second_reader(dup_last, &parsed, "t").is_ok());
+        let dup_first = br#"{"id":"x","body":"a","body":"b"}"#;
+        assert!(check_second_reader(dup_first, &parsed, "t").is_err());
+    }
+
+    /// Unknown fields are skipped by the decoder without validation; the check does the same
+    /// (each input was found by the queue_decode fuzzer).
+    #[test]
+    fn unvalidated_unknown_fields_read_the_same() {
+        let id = CHECK_ID;
+        let invalid_utf8 = [
+            format!(r#"{{"id":"{id}","status":201,"headers":{{}},"`ody":""#).into_bytes(),
+            b"\xc8\x88\xc2".to_vec(),
+            br#"","body":"x"}"#.to_vec(),
+        ]
+        .concat();
+        let lone_surrogate =
+            format!(r#"{{"id":"{id}","status":504,"header s":"\udFFF","body":"x"}}"#).into_bytes();
+        let number_out_of_range =
+            format!(r#"{{"id":"{id}","method":"GET","path":"/a","status":-50e4018}}"#).into_bytes();
+        for (response, file) in [
+            (true, &invalid_utf8),
+            (true, &lone_surrogate),
+            (false, &number_out_of_range),
+        ] {
+            let parsed = if response {
+                ResponseFile::parse(file, id, 1 << 16).is_ok()
+            } else {
+                RequestFile::parse(file, id, 1 << 16).is_ok()
+            };
+            assert!(
+                parsed,
+                "the decoder accepts {:?}",
+                String::from_utf8_lossy(file)
+            );
+            assert!(
+                serde_json::from_slice::<Value>(file).is_err(),
+                "a strict parse refuses it"
+            );
+            check_queue_file(&input(response, 16, file)).unwrap();
+        }
     }
 }
