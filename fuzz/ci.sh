@@ -8,7 +8,7 @@
 # run is skipped with a warning and exit 0: that is the machine, not the code.
 #
 # Usage: fuzz/ci.sh [target…]   (default: every target `cargo fuzz list` reports)
-# Environment: FUZZ_SECONDS (per target), FUZZ_JOBS is not used: one process per target, in turn.
+# Environment: FUZZ_SECONDS (per target). Targets run one after the other, one process each.
 set -uo pipefail
 
 here="$(cd "$(dirname "$0")" && pwd)"
