@@ -18,7 +18,8 @@ COPY --from=build /usr/local/bin/callback-bridge /usr/local/bin/callback-bridge
 # stays on loopback: the agent shares the pod's / container's network namespace.
 ENV CALLBACK_BRIDGE_LISTEN=127.0.0.1:8080 \
     CALLBACK_BRIDGE_LOG_FORMAT=json
-USER nonroot:nonroot
+# 65532 is the "nonroot" user of the distroless image; numeric so any runtime can resolve it.
+USER 65532:65532
 HEALTHCHECK --interval=10s --timeout=3s --start-period=2s --retries=3 \
   CMD ["/usr/local/bin/callback-bridge", "health"]
 ENTRYPOINT ["/usr/local/bin/callback-bridge"]

@@ -306,6 +306,7 @@ pub async fn serve_until<D: Dispatch>(
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(SERVER_READ_BUFFER)
         .keep_alive(true);
     let connections = Arc::new(Semaphore::new(limits.max_connections));
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
@@ -465,6 +466,11 @@ impl<D: Dispatch> Bridge<D> {
         Response::from_parts(parts, Logged::new(inner, record, slot))
     }
 }
+
+/// Most a connection's read buffer grows to: a request head (16 KiB of headers plus the request
+/// line) must fit, and body chunks are passed on at this size rather than buffered whole, which
+/// keeps memory per connection flat under large uploads.
+const SERVER_READ_BUFFER: usize = 48 * 1024;
 
 /// Resolves when the drain deadline passes.
 async fn deadline_passed(mut rx: watch::Receiver<bool>) {

@@ -58,9 +58,15 @@ fn slow_loris_head_is_cut_off_while_another_client_is_served() {
     let (end, seen) = outcome
         .or_else(|| closed_rx.recv_timeout(WAIT).ok())
         .expect("the bridge must close a connection whose head never completes");
+    // Closed either way: a clean end of stream, or a reset when a byte the bridge never read was
+    // still in its receive buffer at close (the kernel then answers with RST). Anything else, such
+    // as the reader's own time-out, means the bridge kept the connection.
     assert!(
-        end.is_ok(),
-        "the slow connection ended with an error: {end:?}"
+        match &end {
+            Ok(()) => true,
+            Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
+        },
+        "the slow connection was not closed by the bridge: {end:?}"
     );
     assert!(
         sent < head.len(),

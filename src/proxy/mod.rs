@@ -178,7 +178,7 @@ impl Forwarder {
         let response = match result {
             Err(_elapsed) => {
                 if req_state.idle_timed_out() {
-                    return Err(self.body_failure(&req_state));
+                    return Err(body_failure(&req_state));
                 }
                 self.metrics.upstream_errors.fetch_add(1, Ordering::Relaxed);
                 return Err(unknown_outcome(
@@ -189,7 +189,7 @@ impl Forwarder {
             }
             Ok(Err(err)) => {
                 if req_state.failed() {
-                    return Err(self.body_failure(&req_state));
+                    return Err(body_failure(&req_state));
                 }
                 self.metrics.upstream_errors.fetch_add(1, Ordering::Relaxed);
                 if let pool::UpstreamError::Connect(_) = err {
@@ -245,22 +245,22 @@ impl Forwarder {
             upstream_time,
         })
     }
+}
 
-    /// The agent's own body failed (too large or stalled): the upstream request was aborted
-    /// mid-body, so the upstream cannot have acted on it.
-    fn body_failure(&self, state: &BodyState) -> Deny {
-        if state.too_large() {
-            Deny::new(
-                DenyCode::BodyTooLarge,
-                "Request body exceeds the size limit of this route",
-            )
-        } else if state.idle_timed_out() {
-            Deny::new(
-                DenyCode::BodyTimeout,
-                "Request body stalled longer than the body idle timeout",
-            )
-        } else {
-            Deny::new(DenyCode::BadRequest, "Request body could not be read")
-        }
+/// The answer when the agent's own body failed (too large or stalled) while it was streamed on:
+/// the request was aborted mid-body, so nothing can have acted on it.
+pub fn body_failure(state: &BodyState) -> Deny {
+    if state.too_large() {
+        Deny::new(
+            DenyCode::BodyTooLarge,
+            "Request body exceeds the size limit of this route",
+        )
+    } else if state.idle_timed_out() {
+        Deny::new(
+            DenyCode::BodyTimeout,
+            "Request body stalled longer than the body idle timeout",
+        )
+    } else {
+        Deny::new(DenyCode::BadRequest, "Request body could not be read")
     }
 }

@@ -30,6 +30,10 @@ pub const POOL_MAX_IDLE: usize = 64;
 /// fresh connection is used, whose failure is final.
 const MAX_STALE_RETRIES: usize = 3;
 
+/// Most an upstream connection's read buffer grows to: response heads fit easily, and response
+/// bodies stream through in chunks of at most this size (memory per connection stays flat).
+const CLIENT_READ_BUFFER: usize = 64 * 1024;
+
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
     /// Could not connect: nothing was sent.
@@ -169,7 +173,9 @@ impl Pool {
     where
         T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
-        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+        let (sender, conn) = hyper::client::conn::http1::Builder::new()
+            .max_buf_size(CLIENT_READ_BUFFER)
+            .handshake(TokioIo::new(io))
             .await
             .map_err(|e| UpstreamError::Connect(e.to_string()))?;
         tokio::spawn(async move {

@@ -380,24 +380,6 @@ fn not_dispatched() -> Deny {
     )
 }
 
-/// The agent's own body failed while it was streamed to the relay, so the stream was reset
-/// before it ended and nothing was forwarded on its behalf.
-fn body_failure(state: &BodyState) -> Deny {
-    if state.too_large() {
-        Deny::new(
-            DenyCode::BodyTooLarge,
-            "Request body exceeds the size limit of this route",
-        )
-    } else if state.idle_timed_out() {
-        Deny::new(
-            DenyCode::BodyTimeout,
-            "Request body stalled longer than the body idle timeout",
-        )
-    } else {
-        Deny::new(DenyCode::BadRequest, "Request body could not be read")
-    }
-}
-
 /// Whether the relay refused the stream (RFC 9113 §8.7: REFUSED_STREAM means not processed).
 fn refused(err: &hyper::Error) -> bool {
     let mut source = std::error::Error::source(err);
@@ -461,7 +443,7 @@ impl StdioDispatch {
         let upstream_time = started.elapsed();
         let response = match result {
             Ok(Ok(response)) => response,
-            _ if req_state.failed() => return Err(body_failure(&req_state)),
+            _ if req_state.failed() => return Err(crate::proxy::body_failure(&req_state)),
             Err(_elapsed) => {
                 return Err(unknown_outcome(
                     &method,
