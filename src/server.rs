@@ -212,12 +212,23 @@ fn bind(listen: SocketAddr) -> Result<(TcpListener, SocketAddr), ServeError> {
         addr: listen,
         source,
     };
-    let std_listener = std::net::TcpListener::bind(listen).map_err(err)?;
-    std_listener.set_nonblocking(true).map_err(err)?;
-    let listener = TcpListener::from_std(std_listener).map_err(err)?;
+    let socket = if listen.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()
+    } else {
+        tokio::net::TcpSocket::new_v6()
+    }
+    .map_err(err)?;
+    // As std's `TcpListener::bind` does: a restarted gateway rebinds its port at once.
+    socket.set_reuseaddr(true).map_err(err)?;
+    socket.bind(listen).map_err(err)?;
+    let listener = socket.listen(LISTEN_BACKLOG).map_err(err)?;
     let addr = listener.local_addr().map_err(err)?;
     Ok((listener, addr))
 }
+
+/// Pending connections the kernel queues before `accept`: std's default of 128 made a burst of
+/// connects beyond it wait for a SYN retry (about 1 s each); the kernel caps this at somaxconn.
+const LISTEN_BACKLOG: u32 = 1024;
 
 /// Runs the agent-facing server with any dispatcher until a stop reason. `on_bound` runs after
 /// the listener is bound and before the readiness line (the queue gateway writes `ready.json`).

@@ -233,8 +233,8 @@ fn ten_thousand_idle_connections_neither_starve_new_clients_nor_leak_descriptors
     assert_eq!(bridge.get(ME).status, 200);
     let baseline = fd_count(pid);
 
-    // Connect in batches, each accepted before the next: the listen backlog is the OS default
-    // (128 for std's `bind`), and a burst beyond it costs the client a 1 s SYN retry.
+    // Connect in batches, each accepted before the next: a burst beyond the listen backlog
+    // (1024, capped by somaxconn) costs the client a 1 s SYN retry.
     let mut idle: Vec<TcpStream> = Vec::with_capacity(cap);
     while idle.len() < idle_count {
         let batch = BATCH.min(idle_count - idle.len());
