@@ -1,5 +1,5 @@
-# callback-bridge container image: build stage + a runtime stage that holds only the binary and
-# the C runtime it links (glibc, libgcc). The runtime image has no shell: shutdown is by signal,
+# callback-bridge container image: build stage + a runtime stage that holds only the static
+# binary (scripts/build-static.sh). The runtime image has no shell: shutdown is by signal,
 # and the health check runs the binary itself (`callback-bridge health`), so no curl is needed.
 
 FROM rust:1-bookworm AS build
@@ -8,11 +8,12 @@ COPY . .
 # The commit shown by `callback-bridge --version` (the .git folder is not copied into the image).
 ARG CALLBACK_BRIDGE_GIT_COMMIT=unknown
 ENV CALLBACK_BRIDGE_GIT_COMMIT=${CALLBACK_BRIDGE_GIT_COMMIT}
-RUN cargo build --release --locked --bin callback-bridge \
- && cp target/release/callback-bridge /usr/local/bin/callback-bridge
+# Static release build (glibc linked in): the image needs no C runtime at all.
+RUN cp "$(scripts/build-static.sh)" /usr/local/bin/callback-bridge
 
-# Debian 12 C runtime, no shell, runs as uid 65532 ("nonroot").
-FROM gcr.io/distroless/cc-debian12:nonroot
+# No C runtime, no shell, runs as uid 65532 ("nonroot"); /etc/hosts, nsswitch.conf and CA
+# certificates are there for name lookups (the TLS roots are compiled into the binary anyway).
+FROM gcr.io/distroless/static-debian12:nonroot
 COPY --from=build /usr/local/bin/callback-bridge /usr/local/bin/callback-bridge
 # Configuration comes from CALLBACK_BRIDGE_* variables (see config/bridge.toml). The listener
 # stays on loopback: the agent shares the pod's / container's network namespace.

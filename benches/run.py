@@ -20,9 +20,13 @@ import time
 import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BIN = os.path.join(ROOT, "target/release/callback-bridge")
+BIN = os.environ.get("BENCH_BIN", os.path.join(ROOT, "target/release/callback-bridge"))
 UPSTREAM_BIN = os.path.join(ROOT, "target/release/examples/bench_upstream")
-DURATION = int(os.environ.get("BENCH_DURATION", "10"))
+DURATION = int(os.environ.get("BENCH_DURATION", "5"))
+# Each scenario is measured ROUNDS times, the three targets interleaved in a rotating order, and
+# ratios are taken within a round (same minute, same machine state) before the median is taken.
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", "5"))
+WARMUP = 2
 PROXY_CPU = os.environ.get("BENCH_PROXY_CPU", "0")
 LOAD_CPU = os.environ.get("BENCH_LOAD_CPU", "1")
 TOKEN = "bench-bridge-token-0123456789abcdefghijklmnopq"
@@ -134,7 +138,8 @@ http {{
     raise RuntimeError("nginx did not start")
 
 
-def wrk(url, conns, method, tmp):
+def wrk(url, conns, method, tmp, duration=None):
+    duration = duration or DURATION
     script = os.path.join(tmp, f"{method}.lua")
     with open(script, "w") as f:
         if method == "POST":
@@ -144,9 +149,9 @@ def wrk(url, conns, method, tmp):
         f.write(f'wrk.headers["Authorization"] = "Bearer {TOKEN}"\n')
     path = POST_PATH if method == "POST" else GET_PATH
     out = subprocess.run(
-        ["taskset", "-c", LOAD_CPU, "wrk", "-t1", f"-c{conns}", f"-d{DURATION}s", "--latency",
+        ["taskset", "-c", LOAD_CPU, "wrk", "-t1", f"-c{conns}", f"-d{duration}s", "--latency",
          "-s", script, url + path],
-        capture_output=True, text=True, timeout=DURATION + 60).stdout
+        capture_output=True, text=True, timeout=duration + 60).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
 
     def pct(p):
@@ -207,6 +212,42 @@ def upload_growth(upstream_url):
         p.wait(timeout=10)
 
 
+TARGETS = ("direct", "nginx", "bridge")
+
+
+def measure(scenarios, urls, tmp):
+    """Per scenario: a warm-up per target, then ROUNDS rounds over the targets in rotating order."""
+    rows = []
+    for name, conns, method in scenarios:
+        for target in TARGETS:
+            wrk(urls[target], conns, method, tmp, WARMUP)
+        rounds = []
+        for i in range(ROUNDS):
+            order = TARGETS[i % 3:] + TARGETS[:i % 3]
+            rounds.append({t: wrk(urls[t], conns, method, tmp) for t in order})
+        rows.append((name, conns, rounds))
+    return rows
+
+
+def med(values):
+    return statistics.median(values)
+
+
+def summarize(rounds, target):
+    """Medians over the rounds; ratios and added latency are paired within each round."""
+    pick = lambda key: [r[target][key] for r in rounds]  # noqa: E731
+    return {
+        "rps": med(pick("rps")), "p50": med(pick("p50")), "p99": med(pick("p99")),
+        "vs_direct": med([r[target]["rps"] / r["direct"]["rps"] for r in rounds]),
+        "vs_nginx": [r[target]["rps"] / r["nginx"]["rps"] for r in rounds],
+        "added": [r[target]["p50"] - r["direct"]["p50"] for r in rounds],
+    }
+
+
+def rss_detail(pid):
+    return {k: rss_kib(pid, k) for k in ("VmRSS", "RssAnon", "RssFile")}
+
+
 def main():
     for tool in ("wrk", "taskset"):
         if not shutil.which(tool):
@@ -220,46 +261,64 @@ def main():
         procs.append(ngx)
         br, br_url = start_bridge(up_url)
         procs.append(br)
-        idle_rss = rss_kib(br.pid)
+        idle = rss_detail(br.pid)
 
         scenarios = [("small GET", 1, "GET"), ("small GET", 50, "GET"),
                      ("64 KiB POST", 1, "POST"), ("64 KiB POST", 50, "POST")]
-        rows = []
-        for name, conns, method in scenarios:
-            res = {}
-            for target, url in (("direct", up_url), ("nginx", ngx_url), ("bridge", br_url)):
-                wrk(url, conns, method, tmp)  # warm-up pass, short connections re-used
-                res[target] = wrk(url, conns, method, tmp)
-            rows.append((name, conns, res))
+        rows = measure(scenarios, {"direct": up_url, "nginx": ngx_url, "bridge": br_url}, tmp)
         peak_rss = rss_kib(br.pid, "VmHWM")
 
         boot = startup_times(up_url)
         spawn = spawn_baseline()
         before, after = upload_growth(up_url)
 
-        print(f"\n## callback-bridge benchmark ({DURATION}s per run, proxy on CPU {PROXY_CPU}, "
-              f"wrk + upstream on CPU {LOAD_CPU})\n")
+        print(f"\n## callback-bridge benchmark ({ROUNDS} rounds of {DURATION}s per scenario and "
+              f"target, interleaved; proxy on CPU {PROXY_CPU}, wrk + upstream on CPU {LOAD_CPU})\n")
+        print("Medians over the rounds; ratios and added p50 are paired within a round, "
+              "[min–max] over the rounds.\n")
         print("| scenario | conns | target | req/s | p50 ms | p99 ms | req/s vs direct | "
               "req/s vs nginx | added p50 ms |")
         print("|---|---|---|---|---|---|---|---|---|")
-        for name, conns, res in rows:
-            d, n = res["direct"], res["nginx"]
-            for target in ("direct", "nginx", "bridge"):
-                r = res[target]
-                added = r["p50"] - d["p50"]
+        verdicts = []
+        for name, conns, rounds in rows:
+            for target in TARGETS:
+                r = summarize(rounds, target)
+                vs_n, added = r["vs_nginx"], r["added"]
+                spread_n = "" if target == "nginx" else f" [{min(vs_n):.2f}–{max(vs_n):.2f}]"
+                spread_a = "" if target == "direct" else f" [{min(added):.3f}–{max(added):.3f}]"
                 print(f"| {name} | {conns} | {target} | {r['rps']:.0f} | {r['p50']:.3f} | "
-                      f"{r['p99']:.3f} | {r['rps'] / d['rps']:.2f} | {r['rps'] / n['rps']:.2f} | "
-                      f"{added:.3f} |")
+                      f"{r['p99']:.3f} | {r['vs_direct']:.2f} | {med(vs_n):.2f}{spread_n} | "
+                      f"{med(added):.3f}{spread_a} |")
+            bridge, nginx = summarize(rounds, "bridge"), summarize(rounds, "nginx")
+            if conns == 50:
+                v = med(bridge["vs_nginx"])
+                verdicts.append((f"{name}, 50 conns: req/s >= 1.0x nginx", f"{v:.2f}x", v >= 1.0))
+            if name == "small GET" and conns == 1:
+                b, n = med(bridge["added"]), med(nginx["added"])
+                verdicts.append(("small GET, 1 conn: added p50 <= nginx's",
+                                 f"{b:.3f} ms vs {n:.3f} ms", b <= n))
         print()
-        print(f"* exec -> readiness line: median {statistics.median(boot):.2f} ms over {len(boot)} "
+        boot_med = med(boot)
+        print(f"* exec -> readiness line: median {boot_med:.2f} ms over {len(boot)} "
               f"runs (min {min(boot):.2f}, max {max(boot):.2f}); spawning /bin/echo from the same "
-              f"driver: median {statistics.median(spawn):.2f} ms")
-        print(f"* idle RSS: {idle_rss / 1024:.2f} MiB; peak RSS over the load runs: "
+              f"driver: median {med(spawn):.2f} ms")
+        print(f"* idle RSS: {idle['VmRSS'] / 1024:.2f} MiB (anonymous {idle['RssAnon'] / 1024:.2f}, "
+              f"file-backed {idle['RssFile'] / 1024:.2f}); peak RSS over the load runs: "
               f"{peak_rss / 1024:.2f} MiB")
         print(f"* 10 MiB upload: peak RSS {before / 1024:.2f} -> {after / 1024:.2f} MiB "
               f"(+{(after - before) / 1024:.2f} MiB)")
         size = os.path.getsize(BIN)
         print(f"* release binary: {size} bytes ({size / 1024 / 1024:.2f} MiB)")
+        verdicts += [
+            ("exec -> readiness median <= 5 ms", f"{boot_med:.2f} ms", boot_med <= 5),
+            ("idle RSS <= 4 MiB", f"{idle['VmRSS'] / 1024:.2f} MiB", idle["VmRSS"] <= 4096),
+            ("peak RSS <= 16 MiB", f"{peak_rss / 1024:.2f} MiB", peak_rss <= 16384),
+            ("10 MiB upload raises RSS < 2 MiB", f"+{(after - before) / 1024:.2f} MiB",
+             after - before < 2048),
+        ]
+        print("\n| target | measured | met |\n|---|---|---|")
+        for what, value, ok in verdicts:
+            print(f"| {what} | {value} | {'yes' if ok else 'NO'} |")
     finally:
         for p in procs:
             p.send_signal(signal.SIGTERM)

@@ -47,11 +47,18 @@ pub const RUN_ID: &str = "run-0193f2c4-7a1e-7b55-9d3c-5e8f0a1b2c3d";
 // Spawning the binary
 // ---------------------------------------------------------------------------------------------
 
+/// The binary under test: the one cargo built for this test run, or `BRIDGE_TEST_BIN` when set
+/// (CI points it at the static release build, `scripts/build-static.sh`, to test what ships).
+pub fn bridge_binary() -> std::path::PathBuf {
+    std::env::var_os("BRIDGE_TEST_BIN")
+        .map_or_else(|| env!("CARGO_BIN_EXE_callback-bridge").into(), Into::into)
+}
+
 /// A `Command` for the binary under test with a clean environment: every `CALLBACK_BRIDGE_*` and
 /// `PAPERCLIP_*` variable of the outer environment (and `RUST_LOG`, so the log level is the one
 /// the test chooses) is removed, then `env` is applied.
 pub fn bridge_command(args: &[&str], env: &[(&str, &str)]) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_callback-bridge"));
+    let mut cmd = Command::new(bridge_binary());
     cmd.args(args);
     for (key, _) in std::env::vars_os() {
         let k = key.to_string_lossy();
