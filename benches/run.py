@@ -1,10 +1,13 @@
 #!/usr/bin/env python3
-"""Benchmark driver: same scenarios against the upstream directly, nginx, and callback-bridge.
+"""Benchmark driver: the same scenarios against the upstream directly, nginx, a bare hyper proxy
+(the floor of the machinery the bridge is built on) and callback-bridge.
 
-CPU pinning (2-core machine): the proxy under test (nginx with one worker, or the bridge, which
-runs a single-threaded runtime) is pinned to CPU 0; the load generator (wrk, one thread) and the
-upstream are pinned to CPU 1. So the proxy gets one core to itself, and every scenario sees the
-same generator and upstream. Ratios against direct and nginx are taken within this one run.
+CPU pinning (2-core machine): the proxy under test (nginx with one worker, the bare proxy or the
+bridge, both single-threaded runtimes) is pinned to CPU 0; the load generator (wrk, one thread)
+and the upstream are pinned to CPU 1. So the proxy gets one core to itself, and every scenario
+sees the same generator and upstream. Each scenario runs BENCH_ROUNDS rounds of BENCH_DURATION
+seconds per target, targets interleaved in a rotating order; ratios are taken within a round and
+the median over rounds is reported, because this machine is shared and noisy.
 """
 import json
 import os
@@ -22,6 +25,7 @@ import urllib.request
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.environ.get("BENCH_BIN", os.path.join(ROOT, "target/release/callback-bridge"))
 UPSTREAM_BIN = os.path.join(ROOT, "target/release/examples/bench_upstream")
+FLOOR_BIN = os.path.join(ROOT, "target/release/examples/bare_proxy")
 DURATION = int(os.environ.get("BENCH_DURATION", "5"))
 # Each scenario is measured ROUNDS times, the three targets interleaved in a rotating order, and
 # ratios are taken within a round (same minute, same machine state) before the median is taken.
@@ -70,10 +74,17 @@ def start_upstream():
     return p, read_ready(p)["url"]
 
 
-def start_bridge(upstream_url, extra=()):
+def start_floor(upstream_url):
+    """examples/bare_proxy.rs: hyper + tokio as the bridge uses them, with none of its work."""
+    p = subprocess.Popen(["taskset", "-c", PROXY_CPU, FLOOR_BIN, "127.0.0.1:0", upstream_url],
+                         stdout=subprocess.PIPE)
+    return p, read_ready(p)["url"]
+
+
+def start_bridge(upstream_url, extra=(), binary=BIN):
     env = dict(os.environ, CALLBACK_BRIDGE_TOKEN=TOKEN, CALLBACK_BRIDGE_UPSTREAM_TOKEN=UPSTREAM_TOKEN,
                CALLBACK_BRIDGE_LOG_FORMAT="json")
-    args = ["taskset", "-c", PROXY_CPU, BIN, "serve", "--upstream", upstream_url,
+    args = ["taskset", "-c", PROXY_CPU, binary, "serve", "--upstream", upstream_url,
             # The benchmark measures the proxy path, not the limiter: lift the rate limit and
             # let 50 connections be in flight.
             "--rate-limit-per-second", "0", "--max-in-flight", "256", *extra]
@@ -212,7 +223,7 @@ def upload_growth(upstream_url):
         p.wait(timeout=10)
 
 
-TARGETS = ("direct", "nginx", "bridge")
+TARGETS = ("direct", "nginx", "floor", "bridge")
 
 
 def measure(scenarios, urls, tmp):
@@ -223,7 +234,8 @@ def measure(scenarios, urls, tmp):
             wrk(urls[target], conns, method, tmp, WARMUP)
         rounds = []
         for i in range(ROUNDS):
-            order = TARGETS[i % 3:] + TARGETS[:i % 3]
+            k = i % len(TARGETS)
+            order = TARGETS[k:] + TARGETS[:k]
             rounds.append({t: wrk(urls[t], conns, method, tmp) for t in order})
         rows.append((name, conns, rounds))
     return rows
@@ -259,13 +271,16 @@ def main():
         procs.append(up)
         ngx, ngx_url = start_nginx(up_url, tmp)
         procs.append(ngx)
+        fl, fl_url = start_floor(up_url)
+        procs.append(fl)
         br, br_url = start_bridge(up_url)
         procs.append(br)
         idle = rss_detail(br.pid)
 
         scenarios = [("small GET", 1, "GET"), ("small GET", 50, "GET"),
                      ("64 KiB POST", 1, "POST"), ("64 KiB POST", 50, "POST")]
-        rows = measure(scenarios, {"direct": up_url, "nginx": ngx_url, "bridge": br_url}, tmp)
+        urls = {"direct": up_url, "nginx": ngx_url, "floor": fl_url, "bridge": br_url}
+        rows = measure(scenarios, urls, tmp)
         peak_rss = rss_kib(br.pid, "VmHWM")
 
         boot = startup_times(up_url)
@@ -275,7 +290,8 @@ def main():
         print(f"\n## callback-bridge benchmark ({ROUNDS} rounds of {DURATION}s per scenario and "
               f"target, interleaved; proxy on CPU {PROXY_CPU}, wrk + upstream on CPU {LOAD_CPU})\n")
         print("Medians over the rounds; ratios and added p50 are paired within a round, "
-              "[min–max] over the rounds.\n")
+              "[min–max] over the rounds. floor = examples/bare_proxy.rs (hyper + tokio as the "
+              "bridge uses them, no policy, filtering, limits, timers or log).\n")
         print("| scenario | conns | target | req/s | p50 ms | p99 ms | req/s vs direct | "
               "req/s vs nginx | added p50 ms |")
         print("|---|---|---|---|---|---|---|---|---|")

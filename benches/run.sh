@@ -20,5 +20,5 @@ fi
 # The binary under test is the one we ship: the static release build.
 BENCH_BIN="$PWD/$(scripts/build-static.sh)"
 export BENCH_BIN
-cargo build --release --example bench_upstream
+cargo build --release --example bench_upstream --example bare_proxy
 exec python3 benches/run.py "$@"
