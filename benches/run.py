@@ -149,8 +149,17 @@ http {{
     raise RuntimeError("nginx did not start")
 
 
-def wrk(url, conns, method, tmp, duration=None):
+def cpu_ticks(pid):
+    """(user, system) clock ticks consumed so far by process `pid`."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return int(fields[11]), int(fields[12])
+
+
+def wrk(url, conns, method, tmp, duration=None, pid=None):
+    """One wrk run; with `pid`, also the CPU time that process spent per request (µs)."""
     duration = duration or DURATION
+    before = cpu_ticks(pid) if pid else None
     script = os.path.join(tmp, f"{method}.lua")
     with open(script, "w") as f:
         if method == "POST":
@@ -174,7 +183,14 @@ def wrk(url, conns, method, tmp, duration=None):
     if non2xx or errors:
         print(f"  warning: {url}{path} c={conns}: non-2xx={non2xx and non2xx.group(1)} "
               f"errors={errors and errors.group(1)}", file=sys.stderr)
-    return {"rps": rps, "p50": pct(50), "p99": pct(99)}
+    result = {"rps": rps, "p50": pct(50), "p99": pct(99)}
+    if pid:
+        after = cpu_ticks(pid)
+        requests = float(re.search(r"(\d+) requests in", out).group(1))
+        tick_us = 1e6 / os.sysconf("SC_CLK_TCK")
+        result["user_us"] = (after[0] - before[0]) * tick_us / requests
+        result["sys_us"] = (after[1] - before[1]) * tick_us / requests
+    return result
 
 
 def startup_times(upstream_url, runs=30):
@@ -226,7 +242,7 @@ def upload_growth(upstream_url):
 TARGETS = ("direct", "nginx", "floor", "bridge")
 
 
-def measure(scenarios, urls, tmp):
+def measure(scenarios, urls, pids, tmp):
     """Per scenario: a warm-up per target, then ROUNDS rounds over the targets in rotating order."""
     rows = []
     for name, conns, method in scenarios:
@@ -236,7 +252,7 @@ def measure(scenarios, urls, tmp):
         for i in range(ROUNDS):
             k = i % len(TARGETS)
             order = TARGETS[k:] + TARGETS[:k]
-            rounds.append({t: wrk(urls[t], conns, method, tmp) for t in order})
+            rounds.append({t: wrk(urls[t], conns, method, tmp, pid=pids.get(t)) for t in order})
         rows.append((name, conns, rounds))
     return rows
 
@@ -248,7 +264,11 @@ def med(values):
 def summarize(rounds, target):
     """Medians over the rounds; ratios and added latency are paired within each round."""
     pick = lambda key: [r[target][key] for r in rounds]  # noqa: E731
+    cpu = "-"
+    if "user_us" in rounds[0][target]:
+        cpu = f"{med(pick('user_us')):.1f} + {med(pick('sys_us')):.1f}"
     return {
+        "cpu": cpu,
         "rps": med(pick("rps")), "p50": med(pick("p50")), "p99": med(pick("p99")),
         "vs_direct": med([r[target]["rps"] / r["direct"]["rps"] for r in rounds]),
         "vs_nginx": [r[target]["rps"] / r["nginx"]["rps"] for r in rounds],
@@ -280,7 +300,11 @@ def main():
         scenarios = [("small GET", 1, "GET"), ("small GET", 50, "GET"),
                      ("64 KiB POST", 1, "POST"), ("64 KiB POST", 50, "POST")]
         urls = {"direct": up_url, "nginx": ngx_url, "floor": fl_url, "bridge": br_url}
-        rows = measure(scenarios, urls, tmp)
+        worker = subprocess.run(["pgrep", "-P", str(ngx.pid)], capture_output=True, text=True)
+        pids = {"floor": fl.pid, "bridge": br.pid}
+        if worker.stdout.split():
+            pids["nginx"] = int(worker.stdout.split()[0])
+        rows = measure(scenarios, urls, pids, tmp)
         peak_rss = rss_kib(br.pid, "VmHWM")
 
         boot = startup_times(up_url)
@@ -291,10 +315,11 @@ def main():
               f"target, interleaved; proxy on CPU {PROXY_CPU}, wrk + upstream on CPU {LOAD_CPU})\n")
         print("Medians over the rounds; ratios and added p50 are paired within a round, "
               "[min–max] over the rounds. floor = examples/bare_proxy.rs (hyper + tokio as the "
-              "bridge uses them, no policy, filtering, limits, timers or log).\n")
+              "bridge uses them, no policy, filtering, limits, timers or log). Proxy CPU: the "
+              "proxy process's user and system time over the run (/proc/PID/stat) per request.\n")
         print("| scenario | conns | target | req/s | p50 ms | p99 ms | req/s vs direct | "
-              "req/s vs nginx | added p50 ms |")
-        print("|---|---|---|---|---|---|---|---|---|")
+              "req/s vs nginx | added p50 ms | proxy CPU µs/req (user + sys) |")
+        print("|---|---|---|---|---|---|---|---|---|---|")
         verdicts = []
         for name, conns, rounds in rows:
             for target in TARGETS:
@@ -304,7 +329,7 @@ def main():
                 spread_a = "" if target == "direct" else f" [{min(added):.3f}–{max(added):.3f}]"
                 print(f"| {name} | {conns} | {target} | {r['rps']:.0f} | {r['p50']:.3f} | "
                       f"{r['p99']:.3f} | {r['vs_direct']:.2f} | {med(vs_n):.2f}{spread_n} | "
-                      f"{med(added):.3f}{spread_a} |")
+                      f"{med(added):.3f}{spread_a} | {r['cpu']} |")
             bridge, nginx = summarize(rounds, "bridge"), summarize(rounds, "nginx")
             if conns == 50:
                 v = med(bridge["vs_nginx"])
