@@ -194,7 +194,8 @@ def wrk(url, conns, method, tmp, duration=None, pid=None):
 
 
 def startup_times(upstream_url, runs=30):
-    times = []
+    """exec -> readiness line of fresh bridges, and each one's RSS right after the line (KiB)."""
+    times, rss = [], []
     env = dict(os.environ, CALLBACK_BRIDGE_UPSTREAM_TOKEN=UPSTREAM_TOKEN)
     for _ in range(runs):
         t0 = time.perf_counter()
@@ -202,9 +203,10 @@ def startup_times(upstream_url, runs=30):
                              stderr=subprocess.DEVNULL, env=env)
         p.stdout.readline()
         times.append((time.perf_counter() - t0) * 1e3)
+        rss.append(rss_kib(p.pid))
         p.send_signal(signal.SIGTERM)
         p.wait(timeout=10)
-    return times
+    return times, rss
 
 
 def spawn_baseline(runs=30):
@@ -307,7 +309,7 @@ def main():
         rows = measure(scenarios, urls, pids, tmp)
         peak_rss = rss_kib(br.pid, "VmHWM")
 
-        boot = startup_times(up_url)
+        boot, boot_rss = startup_times(up_url)
         spawn = spawn_baseline()
         before, after = upload_growth(up_url)
 
@@ -343,16 +345,21 @@ def main():
         print(f"* exec -> readiness line: median {boot_med:.2f} ms over {len(boot)} "
               f"runs (min {min(boot):.2f}, max {max(boot):.2f}); spawning /bin/echo from the same "
               f"driver: median {med(spawn):.2f} ms")
-        print(f"* idle RSS: {idle['VmRSS'] / 1024:.2f} MiB (anonymous {idle['RssAnon'] / 1024:.2f}, "
-              f"file-backed {idle['RssFile'] / 1024:.2f}); peak RSS over the load runs: "
-              f"{peak_rss / 1024:.2f} MiB")
+        idle_rss = max(med(boot_rss), idle["VmRSS"])
+        print(f"* idle RSS: median {med(boot_rss) / 1024:.2f} MiB over the {len(boot_rss)} "
+              f"fresh starts (min {min(boot_rss) / 1024:.2f}, max {max(boot_rss) / 1024:.2f}); "
+              f"the bridge used for the load runs, before them: {idle['VmRSS'] / 1024:.2f} MiB "
+              f"(anonymous {idle['RssAnon'] / 1024:.2f}, file-backed {idle['RssFile'] / 1024:.2f}; "
+              f"file-backed pages depend on what the page cache holds). Peak RSS over the load "
+              f"runs: {peak_rss / 1024:.2f} MiB")
         print(f"* 10 MiB upload: peak RSS {before / 1024:.2f} -> {after / 1024:.2f} MiB "
               f"(+{(after - before) / 1024:.2f} MiB)")
         size = os.path.getsize(BIN)
         print(f"* release binary: {size} bytes ({size / 1024 / 1024:.2f} MiB)")
         verdicts += [
             ("exec -> readiness median <= 5 ms", f"{boot_med:.2f} ms", boot_med <= 5),
-            ("idle RSS <= 4 MiB", f"{idle['VmRSS'] / 1024:.2f} MiB", idle["VmRSS"] <= 4096),
+            ("idle RSS <= 4 MiB (the larger of the two figures)", f"{idle_rss / 1024:.2f} MiB",
+             idle_rss <= 4096),
             ("peak RSS <= 16 MiB", f"{peak_rss / 1024:.2f} MiB", peak_rss <= 16384),
             ("10 MiB upload raises RSS < 2 MiB", f"+{(after - before) / 1024:.2f} MiB",
              after - before < 2048),
