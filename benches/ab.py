@@ -29,13 +29,13 @@ def main():
     rounds = int(os.environ.get("BENCH_ROUNDS", "6"))
     duration = int(os.environ.get("BENCH_DURATION", "3"))
     tmp = tempfile.mkdtemp(prefix="cb-ab-")
-    procs, urls, rps = [], {}, {"A": [], "B": []}
+    procs, bridges, urls, rps = [], {}, {}, {"A": [], "B": []}
     try:
         up, up_url = run.start_upstream()
         procs.append(up)
         for name, path in bins.items():
-            p, urls[name] = run.start_bridge(up_url, binary=path)
-            procs.append(p)
+            bridges[name], urls[name] = run.start_bridge(up_url, binary=path)
+            procs.append(bridges[name])
             run.wrk(urls[name], conns, method, tmp, 1)  # warm-up
         for i in range(rounds):
             for name in ("A", "B") if i % 2 == 0 else ("B", "A"):
@@ -44,7 +44,7 @@ def main():
         print(f"{method} {conns} conns, {rounds} x {duration}s each")
         for name in ("A", "B"):
             runs = ", ".join(f"{x:.0f}" for x in rps[name])
-            peak = run.rss_kib(procs[1 if name == "A" else 2].pid, "VmHWM") / 1024
+            peak = run.rss_kib(bridges[name].pid, "VmHWM") / 1024
             print(f"  {name}: {bins[name]}: median {statistics.median(rps[name]):.0f} req/s "
                   f"({runs}); peak RSS {peak:.2f} MiB")
         print(f"  B/A = {b / a:.3f}")

@@ -4,16 +4,15 @@
 //! and the shipped one, `scripts/build-static.sh` (glibc linked in, no shared library at all).
 //! Set `BRIDGE_TEST_BIN` to check another binary than this test run's; CI checks both.
 
+mod support;
+
 use std::path::PathBuf;
 use std::process::Command;
 
+use support::bridge_binary as binary;
+
 /// Debian 12 (bookworm) ships glibc 2.36.
 const MAX_GLIBC: (u32, u32) = (2, 36);
-
-fn binary() -> PathBuf {
-    std::env::var_os("BRIDGE_TEST_BIN")
-        .map_or_else(|| env!("CARGO_BIN_EXE_callback-bridge").into(), Into::into)
-}
 
 fn tool_output(tool: &str, args: &[&str], bin: &PathBuf) -> Option<String> {
     let Ok(out) = Command::new(tool).args(args).arg(bin).output() else {
