@@ -1,15 +1,20 @@
 //! Command-line definitions only: parse, no side effects (ripgrep's "low args").
 //!
-//! Every option of `serve`, `gateway` and `relay` can also come from the TOML config file and from
-//! `CALLBACK_BRIDGE_<OPTION>`; precedence is flag > environment > file > built-in default, and the
-//! merge happens in `config`. Secrets are never accepted here: argv is world-readable in `/proc`.
+//! Options come in groups, and each subcommand flattens only the groups it uses, so its `--help`
+//! lists nothing it ignores: [`ListenOptions`] (the agent-facing listener: `serve`, `gateway`),
+//! [`UpstreamOptions`] (where requests go and the real credential: `serve`, `relay`) and
+//! [`CommonOptions`] (token, policy, limits, lifecycle, logging: every role). Every option can
+//! also come from `CALLBACK_BRIDGE_<OPTION>` and from the TOML file; precedence is flag >
+//! environment > file > built-in default, and the merge happens in `config`. Secrets are never
+//! accepted here: argv is world-readable in `/proc`.
 
 use std::path::PathBuf;
 
+use std::str::FromStr;
+use std::time::Duration;
+
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde::Deserialize;
-
-use crate::config::DurationArg;
 
 /// Loopback sidecar proxy that lets a sandboxed agent call its orchestrator's API.
 #[derive(Debug, Parser)]
@@ -21,7 +26,7 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Direct mode: loopback listener -> policy -> one upstream (SPEC §1).
+    /// Direct mode: loopback listener -> policy -> one upstream (docs/reference.md §1).
     Serve(ServeArgs),
     /// Inside the sandbox: loopback listener for the agent; hands requests to the relay.
     Gateway(GatewayArgs),
@@ -55,174 +60,174 @@ pub enum LogFormat {
     Pretty,
 }
 
-/// The settings of SPEC §2. The same struct is read from the TOML file (serde) and from flags and
-/// environment variables (clap); `None` means "not given here".
-#[derive(Debug, Clone, Default, Args, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ProxyOptions {
-    /// TOML configuration file (see config/bridge.toml).
-    #[arg(long, env = "CALLBACK_BRIDGE_CONFIG", value_name = "PATH")]
-    #[serde(skip)]
-    pub config: Option<PathBuf>,
+/// Defines an option group and its `or`: every field is an `Option`, and `a.or(b)` keeps each
+/// value given in `a` and fills the rest from `b` (flags/env over the file).
+macro_rules! option_group {
+    (
+        $(#[$meta:meta])*
+        pub struct $name:ident {
+            $( $(#[$fmeta:meta])* pub $field:ident : Option<$ty:ty>, )*
+        }
+    ) => {
+        $(#[$meta])*
+        pub struct $name {
+            $( $(#[$fmeta])* pub $field: Option<$ty>, )*
+        }
 
-    /// Listen address; must be loopback unless --allow-non-loopback [default: 127.0.0.1:0]
-    #[arg(long, env = "CALLBACK_BRIDGE_LISTEN", value_name = "ADDR")]
-    pub listen: Option<String>,
-
-    /// Allow a listen address that is not loopback [default: false]
-    #[arg(long, env = "CALLBACK_BRIDGE_ALLOW_NON_LOOPBACK", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
-    pub allow_non_loopback: Option<bool>,
-
-    /// Base URL requests are forwarded to (http or https; no userinfo, query or fragment)
-    /// [default: http://127.0.0.1:3100]
-    #[arg(long, env = "CALLBACK_BRIDGE_UPSTREAM", value_name = "URL")]
-    pub upstream: Option<String>,
-
-    /// Name of the env var holding the upstream credential [default: CALLBACK_BRIDGE_UPSTREAM_TOKEN]
-    #[arg(long, env = "CALLBACK_BRIDGE_UPSTREAM_TOKEN_ENV", value_name = "NAME")]
-    pub upstream_token_env: Option<String>,
-
-    /// File holding the upstream credential (trailing newline stripped); wins over the env var
-    #[arg(long, env = "CALLBACK_BRIDGE_UPSTREAM_TOKEN_FILE", value_name = "PATH")]
-    pub upstream_token_file: Option<PathBuf>,
-
-    /// Header the upstream credential is injected into [default: authorization]
-    #[arg(
-        long,
-        env = "CALLBACK_BRIDGE_UPSTREAM_AUTH_HEADER",
-        value_name = "NAME"
-    )]
-    pub upstream_auth_header: Option<String>,
-
-    /// Prefix written before the credential; empty = raw value [default: Bearer]
-    #[arg(
-        long,
-        env = "CALLBACK_BRIDGE_UPSTREAM_AUTH_SCHEME",
-        value_name = "SCHEME"
-    )]
-    pub upstream_auth_scheme: Option<String>,
-
-    /// Run id injected as x-paperclip-run-id [default: env PAPERCLIP_RUN_ID if set]
-    #[arg(long, env = "CALLBACK_BRIDGE_RUN_ID", value_name = "ID")]
-    pub run_id: Option<String>,
-
-    /// Name of the env var holding the bridge token; generated when absent [default: CALLBACK_BRIDGE_TOKEN]
-    #[arg(long, env = "CALLBACK_BRIDGE_TOKEN_ENV", value_name = "NAME")]
-    pub token_env: Option<String>,
-
-    /// File holding the bridge token (trailing newline stripped); wins over the env var
-    #[arg(long, env = "CALLBACK_BRIDGE_TOKEN_FILE", value_name = "PATH")]
-    pub token_file: Option<PathBuf>,
-
-    /// Routes file replacing the built-in Paperclip allowlist [default: built-in]
-    #[arg(long, env = "CALLBACK_BRIDGE_ROUTES", value_name = "PATH")]
-    pub routes: Option<PathBuf>,
-
-    /// Request headers forwarded upstream, comma-separated
-    /// [default: accept,content-type,if-match,if-none-match,idempotency-key,x-paperclip-github-capability]
-    #[arg(
-        long,
-        env = "CALLBACK_BRIDGE_REQUEST_HEADERS",
-        value_delimiter = ',',
-        value_name = "NAMES"
-    )]
-    pub request_headers: Option<Vec<String>>,
-
-    /// Response headers returned to the agent, comma-separated
-    /// [default: content-type,etag,last-modified,cache-control,location,retry-after,x-paperclip-bridge-outcome]
-    #[arg(
-        long,
-        env = "CALLBACK_BRIDGE_RESPONSE_HEADERS",
-        value_delimiter = ',',
-        value_name = "NAMES"
-    )]
-    pub response_headers: Option<Vec<String>>,
-
-    /// Largest request or response body in bytes [default: 10551296]
-    #[arg(long, env = "CALLBACK_BRIDGE_MAX_BODY_BYTES", value_name = "BYTES")]
-    pub max_body_bytes: Option<u64>,
-
-    /// Concurrent requests; beyond -> 503 overloaded [default: 64]
-    #[arg(long, env = "CALLBACK_BRIDGE_MAX_IN_FLIGHT", value_name = "N")]
-    pub max_in_flight: Option<usize>,
-
-    /// Concurrent client connections; beyond -> not accepted until one closes [default: 256]
-    #[arg(long, env = "CALLBACK_BRIDGE_MAX_CONNECTIONS", value_name = "N")]
-    pub max_connections: Option<usize>,
-
-    /// Token-bucket rate for all callers together; 0 disables [default: 100]
-    #[arg(long, env = "CALLBACK_BRIDGE_RATE_LIMIT_PER_SECOND", value_name = "N")]
-    pub rate_limit_per_second: Option<u32>,
-
-    /// Token-bucket burst [default: 200]
-    #[arg(long, env = "CALLBACK_BRIDGE_RATE_LIMIT_BURST", value_name = "N")]
-    pub rate_limit_burst: Option<u32>,
-
-    /// Time to receive a request head [default: 10s]
-    #[arg(
-        long,
-        env = "CALLBACK_BRIDGE_HEADER_READ_TIMEOUT",
-        value_name = "DURATION"
-    )]
-    pub header_read_timeout: Option<DurationArg>,
-
-    /// Longest gap between request or response body chunks [default: 30s]
-    #[arg(
-        long,
-        env = "CALLBACK_BRIDGE_BODY_IDLE_TIMEOUT",
-        value_name = "DURATION"
-    )]
-    pub body_idle_timeout: Option<DurationArg>,
-
-    /// Time to connect to the upstream [default: 5s]
-    #[arg(
-        long,
-        env = "CALLBACK_BRIDGE_UPSTREAM_CONNECT_TIMEOUT",
-        value_name = "DURATION"
-    )]
-    pub upstream_connect_timeout: Option<DurationArg>,
-
-    /// From sending the request until the upstream response head [default: 30s]
-    #[arg(
-        long,
-        env = "CALLBACK_BRIDGE_UPSTREAM_TIMEOUT",
-        value_name = "DURATION"
-    )]
-    pub upstream_timeout: Option<DurationArg>,
-
-    /// On shutdown, how long in-flight requests may finish [default: 5s]
-    #[arg(long, env = "CALLBACK_BRIDGE_DRAIN_TIMEOUT", value_name = "DURATION")]
-    pub drain_timeout: Option<DurationArg>,
-
-    /// `stdin`: exit (draining) when stdin reaches end of file [default: none]
-    #[arg(long, env = "CALLBACK_BRIDGE_LIFELINE", value_name = "KIND")]
-    pub lifeline: Option<Lifeline>,
-
-    /// Exit after this total time; `off` disables [default: off]
-    #[arg(long, env = "CALLBACK_BRIDGE_MAX_LIFETIME", value_name = "DURATION")]
-    pub max_lifetime: Option<DurationArg>,
-
-    /// Exit after this long with no request; `off` disables [default: off]
-    #[arg(long, env = "CALLBACK_BRIDGE_IDLE_EXIT", value_name = "DURATION")]
-    pub idle_exit: Option<DurationArg>,
-
-    /// Also write the readiness JSON to this path (atomically, mode 0600)
-    #[arg(long, env = "CALLBACK_BRIDGE_READY_FILE", value_name = "PATH")]
-    pub ready_file: Option<PathBuf>,
-
-    /// Log format [default: json when stderr is not a terminal, else pretty]
-    #[arg(long, env = "CALLBACK_BRIDGE_LOG_FORMAT", value_name = "FORMAT")]
-    pub log_format: Option<LogFormat>,
-
-    /// Log level (RUST_LOG also honoured) [default: info]
-    #[arg(long, env = "CALLBACK_BRIDGE_LOG_LEVEL", value_name = "LEVEL")]
-    pub log_level: Option<String>,
+        impl $name {
+            /// Fills every option not given here from `lower`.
+            pub fn or(self, lower: $name) -> $name {
+                $name { $( $field: self.$field.or(lower.$field), )* }
+            }
+        }
+    };
 }
 
-pub type ServeArgs = ProxyOptions;
+option_group! {
+    /// The agent-facing listener (`serve`, `gateway`).
+    #[derive(Debug, Clone, Default, Args, Deserialize)]
+    pub struct ListenOptions {
+        /// Listen address; must be loopback unless --allow-non-loopback [default: 127.0.0.1:0]
+        #[arg(long, env = "CALLBACK_BRIDGE_LISTEN", value_name = "ADDR")]
+        pub listen: Option<String>,
 
-/// How a gateway and its relay talk (SPEC §6).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+        /// Allow a listen address that is not loopback [default: false]
+        #[arg(long, env = "CALLBACK_BRIDGE_ALLOW_NON_LOOPBACK", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+        pub allow_non_loopback: Option<bool>,
+
+        /// Concurrent client connections; beyond -> not accepted until one closes [default: 256]
+        #[arg(long, env = "CALLBACK_BRIDGE_MAX_CONNECTIONS", value_name = "N")]
+        pub max_connections: Option<usize>,
+
+        /// Time to receive a request head [default: 10s]
+        #[arg(long, env = "CALLBACK_BRIDGE_HEADER_READ_TIMEOUT", value_name = "DURATION")]
+        pub header_read_timeout: Option<DurationArg>,
+    }
+}
+
+option_group! {
+    /// Where allowed requests go and the credential injected into them (`serve`, `relay`).
+    #[derive(Debug, Clone, Default, Args, Deserialize)]
+    pub struct UpstreamOptions {
+        /// Base URL requests are forwarded to (http or https; no userinfo, query or fragment)
+        /// [default: http://127.0.0.1:3100]
+        #[arg(long, env = "CALLBACK_BRIDGE_UPSTREAM", value_name = "URL")]
+        pub upstream: Option<String>,
+
+        /// Name of the env var holding the upstream credential [default: CALLBACK_BRIDGE_UPSTREAM_TOKEN]
+        #[arg(long, env = "CALLBACK_BRIDGE_UPSTREAM_TOKEN_ENV", value_name = "NAME")]
+        pub upstream_token_env: Option<String>,
+
+        /// File holding the upstream credential (trailing newline stripped); wins over the env var
+        #[arg(long, env = "CALLBACK_BRIDGE_UPSTREAM_TOKEN_FILE", value_name = "PATH")]
+        pub upstream_token_file: Option<PathBuf>,
+
+        /// Header the upstream credential is injected into [default: authorization]
+        #[arg(long, env = "CALLBACK_BRIDGE_UPSTREAM_AUTH_HEADER", value_name = "NAME")]
+        pub upstream_auth_header: Option<String>,
+
+        /// Prefix written before the credential; empty = raw value [default: Bearer]
+        #[arg(long, env = "CALLBACK_BRIDGE_UPSTREAM_AUTH_SCHEME", value_name = "SCHEME")]
+        pub upstream_auth_scheme: Option<String>,
+
+        /// Run id injected as x-paperclip-run-id [default: env PAPERCLIP_RUN_ID if set]
+        #[arg(long, env = "CALLBACK_BRIDGE_RUN_ID", value_name = "ID")]
+        pub run_id: Option<String>,
+
+        /// Time to connect to the upstream [default: 5s]
+        #[arg(long, env = "CALLBACK_BRIDGE_UPSTREAM_CONNECT_TIMEOUT", value_name = "DURATION")]
+        pub upstream_connect_timeout: Option<DurationArg>,
+
+        /// From sending the request until the upstream response head [default: 30s]
+        #[arg(long, env = "CALLBACK_BRIDGE_UPSTREAM_TIMEOUT", value_name = "DURATION")]
+        pub upstream_timeout: Option<DurationArg>,
+    }
+}
+
+option_group! {
+    /// Token, policy, limits, lifecycle and logging: what every role uses.
+    #[derive(Debug, Clone, Default, Args, Deserialize)]
+    pub struct CommonOptions {
+        /// TOML configuration file (see config/bridge.toml)
+        #[arg(long, env = "CALLBACK_BRIDGE_CONFIG", value_name = "PATH")]
+        #[serde(skip)]
+        pub config: Option<PathBuf>,
+
+        /// Name of the env var holding the bridge token; generated when absent [default: CALLBACK_BRIDGE_TOKEN]
+        #[arg(long, env = "CALLBACK_BRIDGE_TOKEN_ENV", value_name = "NAME")]
+        pub token_env: Option<String>,
+
+        /// File holding the bridge token (trailing newline stripped); wins over the env var
+        #[arg(long, env = "CALLBACK_BRIDGE_TOKEN_FILE", value_name = "PATH")]
+        pub token_file: Option<PathBuf>,
+
+        /// Routes file replacing the built-in Paperclip allowlist [default: built-in]
+        #[arg(long, env = "CALLBACK_BRIDGE_ROUTES", value_name = "PATH")]
+        pub routes: Option<PathBuf>,
+
+        /// Request headers forwarded upstream, comma-separated
+        /// [default: accept,content-type,if-match,if-none-match,idempotency-key,x-paperclip-github-capability]
+        #[arg(long, env = "CALLBACK_BRIDGE_REQUEST_HEADERS", value_delimiter = ',', value_name = "NAMES")]
+        pub request_headers: Option<Vec<String>>,
+
+        /// Response headers returned to the agent, comma-separated
+        /// [default: content-type,etag,last-modified,cache-control,location,retry-after,x-paperclip-bridge-outcome]
+        #[arg(long, env = "CALLBACK_BRIDGE_RESPONSE_HEADERS", value_delimiter = ',', value_name = "NAMES")]
+        pub response_headers: Option<Vec<String>>,
+
+        /// Largest request or response body in bytes [default: 10551296]
+        #[arg(long, env = "CALLBACK_BRIDGE_MAX_BODY_BYTES", value_name = "BYTES")]
+        pub max_body_bytes: Option<u64>,
+
+        /// Concurrent requests; beyond -> 503 overloaded [default: 64]
+        #[arg(long, env = "CALLBACK_BRIDGE_MAX_IN_FLIGHT", value_name = "N")]
+        pub max_in_flight: Option<usize>,
+
+        /// Token-bucket rate for all callers together; 0 disables [default: 100]
+        #[arg(long, env = "CALLBACK_BRIDGE_RATE_LIMIT_PER_SECOND", value_name = "N")]
+        pub rate_limit_per_second: Option<u32>,
+
+        /// Token-bucket burst [default: 200]
+        #[arg(long, env = "CALLBACK_BRIDGE_RATE_LIMIT_BURST", value_name = "N")]
+        pub rate_limit_burst: Option<u32>,
+
+        /// Longest gap between request or response body chunks [default: 30s]
+        #[arg(long, env = "CALLBACK_BRIDGE_BODY_IDLE_TIMEOUT", value_name = "DURATION")]
+        pub body_idle_timeout: Option<DurationArg>,
+
+        /// On shutdown, how long in-flight requests may finish [default: 5s]
+        #[arg(long, env = "CALLBACK_BRIDGE_DRAIN_TIMEOUT", value_name = "DURATION")]
+        pub drain_timeout: Option<DurationArg>,
+
+        /// `stdin`: exit (draining) when stdin reaches end of file [default: none]
+        #[arg(long, env = "CALLBACK_BRIDGE_LIFELINE", value_name = "KIND")]
+        pub lifeline: Option<Lifeline>,
+
+        /// Exit after this total time; `off` disables [default: off]
+        #[arg(long, env = "CALLBACK_BRIDGE_MAX_LIFETIME", value_name = "DURATION")]
+        pub max_lifetime: Option<DurationArg>,
+
+        /// Exit after this long with no request; `off` disables [default: off]
+        #[arg(long, env = "CALLBACK_BRIDGE_IDLE_EXIT", value_name = "DURATION")]
+        pub idle_exit: Option<DurationArg>,
+
+        /// Also write the readiness JSON to this path (atomically, mode 0600)
+        #[arg(long, env = "CALLBACK_BRIDGE_READY_FILE", value_name = "PATH")]
+        pub ready_file: Option<PathBuf>,
+
+        /// Log format [default: json when stderr is not a terminal, else pretty]
+        #[arg(long, env = "CALLBACK_BRIDGE_LOG_FORMAT", value_name = "FORMAT")]
+        pub log_format: Option<LogFormat>,
+
+        /// Log level or `target=level` list (RUST_LOG is read when this is not given) [default: info]
+        #[arg(long, env = "CALLBACK_BRIDGE_LOG_LEVEL", value_name = "LEVEL")]
+        pub log_level: Option<String>,
+    }
+}
+
+/// How a gateway and its relay talk (docs/reference.md §6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum TransportKind {
     /// File queue in the sandbox, driven by one-shot commands (Paperclip `queue_v1`).
     Queue,
@@ -231,7 +236,8 @@ pub enum TransportKind {
 }
 
 /// How the stdio gateway receives its bridge token and nonce.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Handshake {
     /// From the environment (`CALLBACK_BRIDGE_TOKEN`, `CALLBACK_BRIDGE_NONCE` or the
     /// `PAPERCLIP_BRIDGE_*` aliases).
@@ -240,55 +246,87 @@ pub enum Handshake {
     Stdin,
 }
 
-#[derive(Debug, Args)]
-pub struct GatewayArgs {
-    /// Transport to the relay (PAPERCLIP_API_BRIDGE_MODE=queue_v1|http2_v1 is accepted too)
-    #[arg(long, env = "CALLBACK_BRIDGE_TRANSPORT", value_name = "KIND")]
-    pub transport: Option<TransportKind>,
-    /// Queue directory (queue transport; alias PAPERCLIP_BRIDGE_QUEUE_DIR)
-    #[arg(long, env = "CALLBACK_BRIDGE_QUEUE_DIR", value_name = "DIR")]
-    pub queue_dir: Option<PathBuf>,
-    /// Where the bridge token and nonce come from (stdio transport): `env` reads
-    /// CALLBACK_BRIDGE_TOKEN/CALLBACK_BRIDGE_NONCE (or PAPERCLIP_BRIDGE_TOKEN/_NONCE), `stdin` one
-    /// JSON line {"token":…,"nonce":…} read before anything else [default: env]
-    #[arg(long, env = "CALLBACK_BRIDGE_HANDSHAKE", value_name = "HOW")]
-    pub handshake: Option<Handshake>,
-    /// How long to wait for the relay's response (alias PAPERCLIP_BRIDGE_RESPONSE_TIMEOUT_MS)
-    /// [default: 30s queue, 35s stdio]
-    #[arg(
-        long,
-        env = "CALLBACK_BRIDGE_RESPONSE_TIMEOUT",
-        value_name = "DURATION"
-    )]
-    pub response_timeout: Option<DurationArg>,
-    /// How often the gateway looks for responses while requests wait; capped at 10ms (alias PAPERCLIP_BRIDGE_POLL_INTERVAL_MS) [default: 10ms]
-    #[arg(long, env = "CALLBACK_BRIDGE_POLL_INTERVAL", value_name = "DURATION")]
-    pub poll_interval: Option<DurationArg>,
-    /// Request files that may wait at once; beyond -> 503 queue_full (alias PAPERCLIP_BRIDGE_MAX_QUEUE_DEPTH) [default: 64]
-    #[arg(long, env = "CALLBACK_BRIDGE_MAX_QUEUE_DEPTH", value_name = "N")]
-    pub max_queue_depth: Option<usize>,
+/// `serve` (and `check`): listener, upstream and the common options.
+#[derive(Debug, Clone, Default, Args)]
+pub struct ServeArgs {
     #[command(flatten)]
-    pub options: ProxyOptions,
+    pub listen: ListenOptions,
+    #[command(flatten)]
+    pub upstream: UpstreamOptions,
+    #[command(flatten)]
+    pub common: CommonOptions,
 }
 
+option_group! {
+    /// The gateway's transport settings.
+    #[derive(Debug, Clone, Default, Args, Deserialize)]
+    pub struct GatewayTransportOptions {
+        /// Transport to the relay (PAPERCLIP_API_BRIDGE_MODE=queue_v1|http2_v1 is accepted too)
+        #[arg(long, env = "CALLBACK_BRIDGE_TRANSPORT", value_name = "KIND")]
+        pub transport: Option<TransportKind>,
+        /// Queue directory (queue transport; alias PAPERCLIP_BRIDGE_QUEUE_DIR)
+        #[arg(long, env = "CALLBACK_BRIDGE_QUEUE_DIR", value_name = "DIR")]
+        pub queue_dir: Option<PathBuf>,
+        /// Where the bridge token and nonce come from (stdio transport): `env` reads
+        /// CALLBACK_BRIDGE_TOKEN/CALLBACK_BRIDGE_NONCE (or PAPERCLIP_BRIDGE_TOKEN/_NONCE), `stdin` one
+        /// JSON line {"token":…,"nonce":…} read before anything else [default: env]
+        #[arg(long, env = "CALLBACK_BRIDGE_HANDSHAKE", value_name = "HOW")]
+        pub handshake: Option<Handshake>,
+        /// How long to wait for the relay's response (alias PAPERCLIP_BRIDGE_RESPONSE_TIMEOUT_MS)
+        /// [default: 30s queue, 35s stdio]
+        #[arg(long, env = "CALLBACK_BRIDGE_RESPONSE_TIMEOUT", value_name = "DURATION")]
+        pub response_timeout: Option<DurationArg>,
+        /// How often the gateway looks for responses while requests wait; capped at 10ms (alias PAPERCLIP_BRIDGE_POLL_INTERVAL_MS) [default: 10ms]
+        #[arg(long, env = "CALLBACK_BRIDGE_POLL_INTERVAL", value_name = "DURATION")]
+        pub poll_interval: Option<DurationArg>,
+        /// Request files that may wait at once; beyond -> 503 queue_full (alias PAPERCLIP_BRIDGE_MAX_QUEUE_DEPTH) [default: 64]
+        #[arg(long, env = "CALLBACK_BRIDGE_MAX_QUEUE_DEPTH", value_name = "N")]
+        pub max_queue_depth: Option<usize>,
+    }
+}
+
+/// `gateway`: the agent-facing listener and the transport to the relay. It has no upstream
+/// options: the upstream credential never enters the sandbox.
+#[derive(Debug, Args)]
+pub struct GatewayArgs {
+    #[command(flatten)]
+    pub transport: GatewayTransportOptions,
+    #[command(flatten)]
+    pub listen: ListenOptions,
+    #[command(flatten)]
+    pub common: CommonOptions,
+}
+
+option_group! {
+    /// The relay's transport settings.
+    #[derive(Debug, Clone, Default, Args, Deserialize)]
+    pub struct RelayTransportOptions {
+        /// Transport to the gateway
+        #[arg(long, env = "CALLBACK_BRIDGE_TRANSPORT", value_name = "KIND")]
+        pub transport: Option<TransportKind>,
+        /// Queue directory inside the sandbox (queue transport)
+        #[arg(long, env = "CALLBACK_BRIDGE_QUEUE_DIR", value_name = "DIR")]
+        pub queue_dir: Option<PathBuf>,
+        /// Path of callback-bridge inside the sandbox; used instead of sh+coreutils when given (queue)
+        #[arg(long, env = "CALLBACK_BRIDGE_SANDBOX_HELPER", value_name = "PATH")]
+        pub sandbox_helper: Option<String>,
+        /// How the gateway gets its token and nonce (stdio): `env` puts CALLBACK_BRIDGE_TOKEN and
+        /// CALLBACK_BRIDGE_NONCE in the command's environment, `stdin` writes one JSON line on its
+        /// stdin first (then run the gateway with --handshake stdin) [default: env]
+        #[arg(long, env = "CALLBACK_BRIDGE_HANDSHAKE", value_name = "HOW")]
+        pub handshake: Option<Handshake>,
+    }
+}
+
+/// `relay`: upstream, the transport to the gateway, and the command that reaches the sandbox.
 #[derive(Debug, Args)]
 pub struct RelayArgs {
-    /// Transport to the gateway
-    #[arg(long, env = "CALLBACK_BRIDGE_TRANSPORT", value_name = "KIND")]
-    pub transport: Option<TransportKind>,
-    /// Queue directory inside the sandbox (queue transport)
-    #[arg(long, env = "CALLBACK_BRIDGE_QUEUE_DIR", value_name = "DIR")]
-    pub queue_dir: Option<PathBuf>,
-    /// Path of callback-bridge inside the sandbox; used instead of sh+coreutils when given (queue)
-    #[arg(long, env = "CALLBACK_BRIDGE_SANDBOX_HELPER", value_name = "PATH")]
-    pub sandbox_helper: Option<String>,
-    /// How the gateway gets its token and nonce (stdio): `env` puts CALLBACK_BRIDGE_TOKEN and
-    /// CALLBACK_BRIDGE_NONCE in the command's environment, `stdin` writes one JSON line on its
-    /// stdin first (then run the gateway with --handshake stdin) [default: env]
-    #[arg(long, env = "CALLBACK_BRIDGE_HANDSHAKE", value_name = "HOW")]
-    pub handshake: Option<Handshake>,
     #[command(flatten)]
-    pub options: ProxyOptions,
+    pub transport: RelayTransportOptions,
+    #[command(flatten)]
+    pub upstream: UpstreamOptions,
+    #[command(flatten)]
+    pub common: CommonOptions,
     /// The exec prefix (queue: e.g. `sh -c`, `docker exec -i C sh -c`) or the command that starts
     /// the gateway (stdio), after `--`
     #[arg(last = true, required = true, value_name = "COMMAND")]
@@ -316,7 +354,7 @@ pub struct ExplainArgs {
     #[arg(long, value_name = "N")]
     pub body_bytes: Option<u64>,
     #[command(flatten)]
-    pub options: ProxyOptions,
+    pub common: CommonOptions,
 }
 
 #[derive(Debug, Args)]
@@ -327,4 +365,45 @@ pub struct HealthArgs {
     /// Give up after this long [default: 2s]
     #[arg(long, value_name = "DURATION")]
     pub timeout: Option<DurationArg>,
+}
+
+/// A duration option: `250ms`, `10s`, `5m`, `1h`; `0` or `off` means "none" where that is allowed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DurationArg(pub Duration);
+
+impl FromStr for DurationArg {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.trim();
+        if s == "off" || s == "0" {
+            return Ok(DurationArg(Duration::ZERO));
+        }
+        let split = s
+            .find(|c: char| !c.is_ascii_digit())
+            .ok_or_else(|| format!("duration {s:?} needs a unit (ms, s, m, h)"))?;
+        let (num, unit) = s.split_at(split);
+        let n: u64 = num
+            .parse()
+            .map_err(|_| format!("invalid duration {s:?} (expected e.g. 250ms, 10s, 5m)"))?;
+        let d = match unit {
+            "ms" => Duration::from_millis(n),
+            "s" => Duration::from_secs(n),
+            "m" => Duration::from_secs(n.saturating_mul(60)),
+            "h" => Duration::from_secs(n.saturating_mul(3600)),
+            _ => {
+                return Err(format!(
+                    "invalid duration unit in {s:?} (use ms, s, m or h)"
+                ))
+            }
+        };
+        Ok(DurationArg(d))
+    }
+}
+
+impl<'de> Deserialize<'de> for DurationArg {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
 }

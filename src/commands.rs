@@ -6,24 +6,19 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
-use std::time::Duration;
 
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
 
-use crate::cli::{ExplainArgs, HealthArgs, ProxyOptions};
-use crate::config::{build_policy, Config, ConfigError};
+use crate::config::{ExplainConfig, HealthConfig, ServeConfig};
 use crate::policy::{Decision, LocalEndpoint, RequestHead, TokenCheck};
 
-/// How long `health` waits by default: well under Docker's default 30 s check timeout.
-const DEFAULT_HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// `check`: load everything `serve` would, print the compiled policy.
-pub fn check(opts: ProxyOptions) -> Result<String, ConfigError> {
-    let config = Config::load(opts)?;
+/// `check`: what `serve` loaded (secrets included, without printing them), and the compiled
+/// policy.
+pub fn check(config: &ServeConfig) -> String {
     let mut out = String::new();
     use std::fmt::Write as _;
     let _ = writeln!(out, "configuration ok");
-    let _ = writeln!(out, "listen      {}", config.listen);
+    let _ = writeln!(out, "listen      {}", config.listener.addr);
     let _ = writeln!(out, "upstream    {}", config.target.upstream.display());
     let _ = writeln!(
         out,
@@ -36,18 +31,18 @@ pub fn check(opts: ProxyOptions) -> Result<String, ConfigError> {
     let _ = writeln!(
         out,
         "bridge token {}",
-        if config.token_generated {
+        if config.token.generated {
             "generated at start"
         } else {
             "supplied"
         }
     );
-    let routes = config.policy.routes.routes();
+    let routes = config.common.policy.routes.routes();
     let _ = writeln!(
         out,
         "routes      {} rules, {} method+path pairs",
         routes.len(),
-        config.policy.routes.pair_count()
+        config.common.policy.routes.pair_count()
     );
     for route in routes {
         let methods: Vec<&str> = route.methods.iter().map(Method::as_str).collect();
@@ -76,21 +71,23 @@ pub fn check(opts: ProxyOptions) -> Result<String, ConfigError> {
     let _ = writeln!(
         out,
         "request headers   {}",
-        names(config.policy.headers.request_names())
+        names(config.common.policy.headers.request_names())
     );
     let _ = writeln!(
         out,
         "response headers  {}",
-        names(config.policy.headers.response_names())
+        names(config.common.policy.headers.response_names())
     );
-    let _ = writeln!(out, "max_body_bytes    {}", config.policy.max_body_bytes);
-    Ok(out)
+    let _ = writeln!(
+        out,
+        "max_body_bytes    {}",
+        config.common.policy.max_body_bytes
+    );
+    out
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum ExplainError {
-    #[error(transparent)]
-    Config(#[from] ConfigError),
     #[error("invalid method {0:?}")]
     Method(String),
     #[error("invalid header {0:?} (expected 'name: value')")]
@@ -99,8 +96,8 @@ pub enum ExplainError {
 
 /// `explain`: the policy decision for one request, as a JSON line. The bridge token is assumed
 /// valid (it is a per-run secret; `explain` is about the rest of the policy).
-pub fn explain(args: ExplainArgs) -> Result<serde_json::Value, ExplainError> {
-    let policy = build_policy(&args.options)?;
+pub fn explain(args: ExplainConfig) -> Result<serde_json::Value, ExplainError> {
+    let policy = args.policy;
     let method = Method::from_bytes(args.method.to_ascii_uppercase().as_bytes())
         .map_err(|_| ExplainError::Method(args.method.clone()))?;
     let mut headers = HeaderMap::new();
@@ -160,61 +157,80 @@ pub fn explain(args: ExplainArgs) -> Result<serde_json::Value, ExplainError> {
     })
 }
 
+/// Why `health` failed.
+#[derive(Debug, thiserror::Error)]
+pub enum HealthError {
+    #[error("invalid url {url:?}: {reason}")]
+    Url { url: String, reason: String },
+    #[error("cannot resolve {authority}: {source}")]
+    Resolve {
+        authority: String,
+        source: std::io::Error,
+    },
+    #[error("cannot connect to {addr}: {source}")]
+    Connect {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("no answer: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("unhealthy: {0}")]
+    Unhealthy(String),
+}
+
 /// `health`: exit 0 iff `GET URL/__bridge/health` answers 200.
-pub fn health(args: HealthArgs) -> Result<(), String> {
-    let url = match args.url {
-        Some(u) => u,
-        None => match std::env::var("CALLBACK_BRIDGE_LISTEN") {
-            Ok(listen) if !listen.is_empty() => format!("http://{listen}"),
-            _ => return Err("no --url given and CALLBACK_BRIDGE_LISTEN is not set".into()),
-        },
+pub fn health(config: &HealthConfig) -> Result<(), HealthError> {
+    let url = &config.url;
+    let timeout = config.timeout;
+    let bad = |reason: &str| HealthError::Url {
+        url: url.clone(),
+        reason: reason.to_owned(),
     };
-    let timeout = args.timeout.map_or(DEFAULT_HEALTH_TIMEOUT, |d| d.0);
     let uri: http::Uri = url
         .parse()
-        .map_err(|e| format!("invalid url {url:?}: {e}"))?;
+        .map_err(|e: http::uri::InvalidUri| bad(&e.to_string()))?;
     if uri.scheme_str() != Some("http") {
-        return Err(format!("{url:?}: only http:// is supported"));
+        return Err(bad("only http:// is supported"));
     }
-    let authority = uri
-        .authority()
-        .ok_or_else(|| format!("{url:?} has no host"))?;
+    let authority = uri.authority().ok_or_else(|| bad("no host"))?;
     let port = authority.port_u16().unwrap_or(80);
+    let resolve = |source| HealthError::Resolve {
+        authority: authority.to_string(),
+        source,
+    };
     let addrs: Vec<SocketAddr> = (authority.host().trim_matches(['[', ']']), port)
         .to_socket_addrs()
-        .map_err(|e| format!("cannot resolve {authority}: {e}"))?
+        .map_err(resolve)?
         .collect();
-    let addr = addrs
-        .first()
-        .ok_or_else(|| format!("cannot resolve {authority}"))?;
-    let mut stream = TcpStream::connect_timeout(addr, timeout)
-        .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
-    stream
-        .set_read_timeout(Some(timeout))
-        .and_then(|()| stream.set_write_timeout(Some(timeout)))
-        .map_err(|e| e.to_string())?;
+    let addr = *addrs.first().ok_or_else(|| {
+        resolve(std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            "no address",
+        ))
+    })?;
+    let mut stream = TcpStream::connect_timeout(&addr, timeout)
+        .map_err(|source| HealthError::Connect { addr, source })?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.set_write_timeout(Some(timeout))?;
     let path = format!("{}/__bridge/health", uri.path().trim_end_matches('/'));
     write!(
         stream,
         "GET {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n"
-    )
-    .map_err(|e| format!("cannot send: {e}"))?;
+    )?;
     let mut head = [0u8; 64];
     let mut n = 0;
     while n < 12 {
-        match stream.read(&mut head[n..]) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) => return Err(format!("no answer: {e}")),
+        match stream.read(&mut head[n..])? {
+            0 => break,
+            k => n += k,
         }
     }
     let line = String::from_utf8_lossy(&head[..n]);
     if line.starts_with("HTTP/1.1 200") || line.starts_with("HTTP/1.0 200") {
         Ok(())
     } else {
-        Err(format!(
-            "unhealthy: {}",
-            line.lines().next().unwrap_or("no status line")
+        Err(HealthError::Unhealthy(
+            line.lines().next().unwrap_or("no status line").to_owned(),
         ))
     }
 }

@@ -1,23 +1,32 @@
-//! Configuration: raw options (file, env, flags) -> one validated `Config`, secrets loaded.
+//! Configuration: raw options (flags, environment, TOML file, Paperclip's variables) become one
+//! validated configuration per role, in one fallible step.
 //!
-//! Promise: after `Config::load` nothing downstream reads env vars or files again. Bad values exit
-//! 2 with a one-line reason; a listen address that is not loopback is refused unless explicitly
-//! allowed; secrets come only from env vars or files and are held in redacting types.
+//! Promise: after [`load`] nothing downstream reads env vars or files again; bad values exit 2
+//! with a one-line reason; a listen address that is not loopback is refused unless explicitly
+//! allowed; secrets come only from env vars or files and are held in redacting types; a gateway's
+//! configuration cannot hold the upstream credential (it runs inside the sandbox). Attacks
+//! defended: a typo that silently disables a setting (unknown keys and log directives are errors),
+//! and a credential handed to the sandbox side by mistake.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 use std::time::Duration;
 
+use clap::Args;
 use secrecy::SecretString;
-use serde::Deserialize;
+use serde::de::DeserializeOwned;
 
 use crate::auth::{BridgeToken, UpstreamCredential};
-use crate::cli::{Lifeline, LogFormat, ProxyOptions};
+use crate::cli::{
+    self, CommonOptions, DurationArg, GatewayArgs, GatewayTransportOptions, Handshake, HealthArgs,
+    Lifeline, ListenOptions, LogFormat, RelayArgs, RelayTransportOptions, ServeArgs, TransportKind,
+    UpstreamOptions,
+};
 use crate::policy::{HeaderRules, Policy, RouteTable};
+use crate::transport::stdio::handshake::{
+    valid_nonce, MAX_NONCE_LEN, NONCE_ENV, PAPERCLIP_NONCE_ENV, PAPERCLIP_TOKEN_ENV,
+};
 
-/// Default listen address: loopback, ephemeral port (the spawner reads it from the ready line).
-pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0);
 /// Paperclip's default local listen origin.
 pub const DEFAULT_UPSTREAM: &str = "http://127.0.0.1:3100";
 pub const DEFAULT_UPSTREAM_TOKEN_ENV: &str = "CALLBACK_BRIDGE_UPSTREAM_TOKEN";
@@ -41,6 +50,20 @@ pub const DEFAULT_UPSTREAM_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DEFAULT_UPSTREAM_TIMEOUT: Duration = Duration::from_secs(30);
 /// Long enough for in-flight API calls to finish, short enough for a quick run teardown.
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long the queue gateway waits for a response (Paperclip's default).
+pub const DEFAULT_QUEUE_RESPONSE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long the stdio gateway waits for the relay's response head. Longer than the relay's
+/// default `upstream_timeout` (30 s) so that the relay's own, more precise answer (504/409) wins.
+pub const DEFAULT_STDIO_RESPONSE_TIMEOUT: Duration = Duration::from_secs(35);
+/// Interval of the queue gateway's response scan ("a poll of at most 10 ms"). Paperclip's
+/// `PAPERCLIP_BRIDGE_POLL_INTERVAL_MS=100` is accepted and capped to this.
+pub const MAX_POLL_INTERVAL: Duration = Duration::from_millis(10);
+/// Lower bound of the scan interval: a `readdir` per millisecond is already plenty.
+pub const MIN_POLL_INTERVAL: Duration = Duration::from_millis(1);
+/// Request files that may wait at once (Paperclip's default).
+pub const DEFAULT_MAX_QUEUE_DEPTH: usize = 64;
+/// Prefix of the bridge's own configuration variables.
+const CONFIG_ENV_PREFIX: &str = "CALLBACK_BRIDGE_";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -61,6 +84,9 @@ pub enum ConfigError {
     },
     #[error("invalid routes file {path}: {message}")]
     Routes { path: PathBuf, message: String },
+    /// A setting the role cannot take (e.g. the upstream credential given to a gateway).
+    #[error("{0}")]
+    Refused(String),
 }
 
 fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
@@ -70,102 +96,748 @@ fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
     }
 }
 
-/// A duration option: `250ms`, `10s`, `5m`, `1h`; `0` or `off` means "none" where that is allowed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct DurationArg(pub Duration);
+/// Reads one environment variable; tests pass their own.
+pub type Env<'a> = &'a dyn Fn(&str) -> Option<String>;
 
-impl FromStr for DurationArg {
-    type Err = String;
+/// The process environment.
+pub fn process_env(name: &str) -> Option<String> {
+    std::env::var(name).ok()
+}
 
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let s = s.trim();
-        if s == "off" || s == "0" {
-            return Ok(DurationArg(Duration::ZERO));
+fn env_nonempty(env: Env<'_>, name: &str) -> Option<String> {
+    env(name).filter(|v| !v.trim().is_empty())
+}
+
+// ---------------------------------------------------------------------------------------------
+// The validated configuration, per role
+// ---------------------------------------------------------------------------------------------
+
+/// What `main` runs: one variant per command, each holding only what that command uses.
+#[derive(Debug)]
+pub enum Run {
+    /// A long-running role, run inside the runtime `main` builds.
+    Role(Role),
+    Check(ServeConfig),
+    Explain(ExplainConfig),
+    Health(HealthConfig),
+    /// The hidden sandbox helper (`queue take|start|put`): its arguments, parsed by the helper.
+    QueueHelper(Vec<String>),
+}
+
+/// The five long-running roles.
+#[derive(Debug)]
+pub enum Role {
+    Serve(ServeConfig),
+    QueueGateway(QueueGatewayConfig),
+    StdioGateway(StdioGatewayConfig),
+    QueueRelay(QueueRelayConfig),
+    StdioRelay(StdioRelayConfig),
+}
+
+impl Role {
+    pub fn log(&self) -> &LogConfig {
+        match self {
+            Role::Serve(c) => &c.common.log,
+            Role::QueueGateway(c) => &c.common.log,
+            Role::StdioGateway(c) => &c.common.log,
+            Role::QueueRelay(c) => &c.common.log,
+            Role::StdioRelay(c) => &c.common.log,
         }
-        let split = s
-            .find(|c: char| !c.is_ascii_digit())
-            .ok_or_else(|| format!("duration {s:?} needs a unit (ms, s, m, h)"))?;
-        let (num, unit) = s.split_at(split);
-        let n: u64 = num
-            .parse()
-            .map_err(|_| format!("invalid duration {s:?} (expected e.g. 250ms, 10s, 5m)"))?;
-        let d = match unit {
-            "ms" => Duration::from_millis(n),
-            "s" => Duration::from_secs(n),
-            "m" => Duration::from_secs(n.saturating_mul(60)),
-            "h" => Duration::from_secs(n.saturating_mul(3600)),
-            _ => {
-                return Err(format!(
-                    "invalid duration unit in {s:?} (use ms, s, m or h)"
+    }
+}
+
+/// The agent-facing listener.
+#[derive(Debug, Clone)]
+pub struct Listener {
+    pub addr: SocketAddr,
+    pub max_connections: usize,
+    pub header_read_timeout: Duration,
+}
+
+/// Where allowed requests go and what is injected into them.
+#[derive(Debug)]
+pub struct Target {
+    pub upstream: Upstream,
+    /// `None` when no credential is configured (forwarded without one, warned once).
+    pub credential: Option<UpstreamCredential>,
+    pub run_id: Option<http::HeaderValue>,
+    pub connect_timeout: Duration,
+    pub timeout: Duration,
+}
+
+/// Limits every role enforces on every request.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_body_bytes: u64,
+    pub max_in_flight: usize,
+    /// `(per_second, burst)`; `None` when disabled.
+    pub rate: Option<(u32, u32)>,
+    pub body_idle_timeout: Duration,
+    pub drain_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct Lifecycle {
+    pub lifeline: Lifeline,
+    pub max_lifetime: Option<Duration>,
+    pub idle_exit: Option<Duration>,
+    pub ready_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    /// A validated `level` or `target=level,…` list.
+    pub level: String,
+}
+
+/// What every role has: the policy, limits, lifecycle and logging.
+#[derive(Debug)]
+pub struct Common {
+    pub policy: Policy,
+    pub limits: Limits,
+    pub lifecycle: Lifecycle,
+    pub log: LogConfig,
+}
+
+/// The bridge token a role checks, and whether it was generated (then it is printed once on the
+/// readiness line).
+#[derive(Debug, Clone)]
+pub struct TokenConfig {
+    pub token: BridgeToken,
+    pub generated: bool,
+}
+
+/// `serve` (and `check`).
+#[derive(Debug)]
+pub struct ServeConfig {
+    pub listener: Listener,
+    pub target: Target,
+    pub token: TokenConfig,
+    pub common: Common,
+}
+
+/// `gateway --transport queue`.
+#[derive(Debug)]
+pub struct QueueGatewayConfig {
+    pub listener: Listener,
+    pub token: TokenConfig,
+    pub common: Common,
+    pub queue_dir: PathBuf,
+    pub response_timeout: Duration,
+    pub poll_interval: Duration,
+    pub max_queue_depth: usize,
+}
+
+/// Where the stdio gateway's token and nonce come from.
+#[derive(Debug)]
+pub enum StdioHandshake {
+    /// Already read from the environment.
+    Env { token: BridgeToken, nonce: String },
+    /// One JSON line on stdin, read when the gateway starts.
+    Stdin,
+}
+
+/// `gateway --transport stdio`.
+#[derive(Debug)]
+pub struct StdioGatewayConfig {
+    pub listener: Listener,
+    pub common: Common,
+    pub handshake: StdioHandshake,
+    pub response_timeout: Duration,
+}
+
+/// `relay --transport queue`.
+#[derive(Debug)]
+pub struct QueueRelayConfig {
+    pub target: Target,
+    pub common: Common,
+    /// The queue directory inside the sandbox, as text for the sandbox commands.
+    pub queue_dir: String,
+    /// `--sandbox-helper`: the binary's path inside the sandbox, when given.
+    pub sandbox_helper: Option<String>,
+    /// The exec prefix.
+    pub command: Vec<String>,
+    /// Variables no command the relay runs inherits.
+    pub scrub: Scrub,
+}
+
+/// `relay --transport stdio`.
+#[derive(Debug)]
+pub struct StdioRelayConfig {
+    pub target: Target,
+    pub token: TokenConfig,
+    pub common: Common,
+    pub handshake: Handshake,
+    /// The command that starts the gateway.
+    pub command: Vec<String>,
+    /// Variables the command does not inherit.
+    pub scrub: Scrub,
+}
+
+/// `explain`: the policy and the request to explain.
+#[derive(Debug)]
+pub struct ExplainConfig {
+    pub policy: Policy,
+    pub method: String,
+    pub target: String,
+    pub headers: Vec<String>,
+    pub body_bytes: Option<u64>,
+}
+
+/// `health`.
+#[derive(Debug)]
+pub struct HealthConfig {
+    pub url: String,
+    pub timeout: Duration,
+}
+
+/// How long `health` waits by default: well under Docker's default 30 s check timeout.
+pub const DEFAULT_HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
+
+// ---------------------------------------------------------------------------------------------
+// The one step
+// ---------------------------------------------------------------------------------------------
+
+/// Turns a parsed command line into the validated configuration of its command.
+pub fn load(command: cli::Command, env: Env<'_>) -> Result<Run, ConfigError> {
+    match command {
+        cli::Command::Serve(args) => Ok(Run::Role(Role::Serve(serve(args, env)?))),
+        cli::Command::Check(args) => Ok(Run::Check(serve(args, env)?)),
+        cli::Command::Gateway(args) => Ok(Run::Role(gateway(args, env)?)),
+        cli::Command::Relay(args) => Ok(Run::Role(relay(args, env)?)),
+        cli::Command::Explain(args) => {
+            let (common, _) = with_file(args.common, FileRole::Serve, env)?;
+            Ok(Run::Explain(ExplainConfig {
+                policy: build_policy(&common.merged)?,
+                method: args.method,
+                target: args.target,
+                headers: args.headers,
+                body_bytes: args.body_bytes,
+            }))
+        }
+        cli::Command::Health(args) => Ok(Run::Health(health(args, env)?)),
+        cli::Command::Queue(args) => Ok(Run::QueueHelper(args.args)),
+    }
+}
+
+fn serve(args: ServeArgs, env: Env<'_>) -> Result<ServeConfig, ConfigError> {
+    let ServeArgs {
+        listen,
+        upstream,
+        common,
+    } = args;
+    let (common, file) = with_file(common, FileRole::Serve, env)?;
+    let listen = listen.or(file.group()?);
+    let upstream = upstream.or(file.group()?);
+    Ok(ServeConfig {
+        listener: listener(&listen)?,
+        target: target(&upstream, env)?,
+        token: token_or_generate(load_token(&common.merged, env)?)?,
+        common: common.validate()?,
+    })
+}
+
+fn gateway(args: GatewayArgs, env: Env<'_>) -> Result<Role, ConfigError> {
+    refuse_upstream_credential(env)?;
+    let GatewayArgs {
+        transport,
+        mut listen,
+        mut common,
+    } = args;
+    let mut transport = transport;
+    paperclip_gateway_aliases(&mut transport, &mut listen, &mut common, env)?;
+    let (common, file) = with_file(common, FileRole::Gateway, env)?;
+    let listen = listen.or(file.group()?);
+    let transport = transport.or(file.group()?);
+    let kind = transport_kind(transport.transport, env)?;
+    let response_timeout = match transport.response_timeout {
+        Some(d) if d.0.is_zero() => {
+            return Err(invalid("response_timeout", "must be greater than zero"))
+        }
+        Some(d) => d.0,
+        None if kind == TransportKind::Queue => DEFAULT_QUEUE_RESPONSE_TIMEOUT,
+        None => DEFAULT_STDIO_RESPONSE_TIMEOUT,
+    };
+    let listener = listener(&listen)?;
+    match kind {
+        TransportKind::Queue => {
+            let queue_dir = transport.queue_dir.clone().ok_or_else(|| {
+                invalid(
+                    "queue_dir",
+                    "is required (--queue-dir or PAPERCLIP_BRIDGE_QUEUE_DIR)",
+                )
+            })?;
+            let max_queue_depth = transport.max_queue_depth.unwrap_or(DEFAULT_MAX_QUEUE_DEPTH);
+            if max_queue_depth == 0 {
+                return Err(invalid("max_queue_depth", "must be greater than zero"));
+            }
+            let poll_interval = transport
+                .poll_interval
+                .map_or(MAX_POLL_INTERVAL, |d| d.0)
+                .clamp(MIN_POLL_INTERVAL, MAX_POLL_INTERVAL);
+            Ok(Role::QueueGateway(QueueGatewayConfig {
+                listener,
+                token: token_or_generate(load_token(&common.merged, env)?)?,
+                common: common.validate()?,
+                queue_dir,
+                response_timeout,
+                poll_interval,
+                max_queue_depth,
+            }))
+        }
+        TransportKind::Stdio => {
+            if common.merged.lifeline == Some(Lifeline::Stdin) {
+                return Err(ConfigError::Refused(
+                    "--lifeline stdin cannot be used with --transport stdio: stdin carries the \
+                     session, whose end already stops the gateway"
+                        .into(),
+                ));
+            }
+            if listener.addr.port() == 0 {
+                return Err(ConfigError::Refused(
+                    "the stdio gateway needs a fixed port (--listen 127.0.0.1:PORT or \
+                     PAPERCLIP_BRIDGE_PORT): the agent's URL must stay the same when the relay \
+                     restarts it"
+                        .into(),
+                ));
+            }
+            let handshake = match transport.handshake.unwrap_or(Handshake::Env) {
+                Handshake::Stdin => StdioHandshake::Stdin,
+                Handshake::Env => stdio_handshake_from_env(&common.merged, env)?,
+            };
+            Ok(Role::StdioGateway(StdioGatewayConfig {
+                listener,
+                common: common.validate()?,
+                handshake,
+                response_timeout,
+            }))
+        }
+    }
+}
+
+fn relay(args: RelayArgs, env: Env<'_>) -> Result<Role, ConfigError> {
+    let RelayArgs {
+        transport,
+        upstream,
+        common,
+        command,
+    } = args;
+    let (common, file) = with_file(common, FileRole::Relay, env)?;
+    let upstream = upstream.or(file.group()?);
+    let transport: RelayTransportOptions = transport.or(file.group()?);
+    let kind = transport_kind(transport.transport, env)?;
+    let scrub = Scrub::for_relay(&[
+        upstream
+            .upstream_token_env
+            .as_deref()
+            .unwrap_or(DEFAULT_UPSTREAM_TOKEN_ENV),
+        common
+            .merged
+            .token_env
+            .as_deref()
+            .unwrap_or(DEFAULT_TOKEN_ENV),
+    ]);
+    if command.first().map_or(true, |c| c.is_empty()) {
+        return Err(ConfigError::Refused(match kind {
+            TransportKind::Queue => {
+                "the exec prefix is required after `--` (e.g. `-- sh -c`)".into()
+            }
+            TransportKind::Stdio => {
+                "relay --transport stdio needs the command that starts the gateway after `--`"
+                    .into()
+            }
+        }));
+    }
+    let target = target(&upstream, env)?;
+    match kind {
+        TransportKind::Queue => {
+            let dir = transport
+                .queue_dir
+                .ok_or_else(|| invalid("queue_dir", "is required (--queue-dir)"))?;
+            let queue_dir = dir
+                .to_str()
+                .filter(|d| !d.is_empty() && !d.contains('\0'))
+                .ok_or_else(|| invalid("queue_dir", "must be UTF-8 text"))?
+                .to_owned();
+            Ok(Role::QueueRelay(QueueRelayConfig {
+                target,
+                common: common.validate()?,
+                queue_dir,
+                sandbox_helper: transport.sandbox_helper.filter(|p| !p.is_empty()),
+                command,
+                scrub,
+            }))
+        }
+        TransportKind::Stdio => Ok(Role::StdioRelay(StdioRelayConfig {
+            target,
+            token: token_or_generate(load_token(&common.merged, env)?)?,
+            common: common.validate()?,
+            handshake: transport.handshake.unwrap_or(Handshake::Env),
+            command,
+            scrub,
+        })),
+    }
+}
+
+fn health(args: HealthArgs, env: Env<'_>) -> Result<HealthConfig, ConfigError> {
+    let url = match args.url {
+        Some(u) => u,
+        None => match env_nonempty(env, "CALLBACK_BRIDGE_LISTEN") {
+            Some(listen) => format!("http://{listen}"),
+            None => {
+                return Err(invalid(
+                    "url",
+                    "no --url given and CALLBACK_BRIDGE_LISTEN is not set",
                 ))
             }
-        };
-        Ok(DurationArg(d))
+        },
+    };
+    Ok(HealthConfig {
+        url,
+        timeout: args.timeout.map_or(DEFAULT_HEALTH_TIMEOUT, |d| d.0),
+    })
+}
+
+/// The transport from the flag/env/file, or Paperclip's `PAPERCLIP_API_BRIDGE_MODE`.
+fn transport_kind(
+    given: Option<TransportKind>,
+    env: Env<'_>,
+) -> Result<TransportKind, ConfigError> {
+    if let Some(kind) = given {
+        return Ok(kind);
+    }
+    match env_nonempty(env, "PAPERCLIP_API_BRIDGE_MODE").as_deref() {
+        Some("queue_v1") => Ok(TransportKind::Queue),
+        Some("http2_v1") => Ok(TransportKind::Stdio),
+        Some(other) => Err(ConfigError::Refused(format!(
+            "Unsupported PAPERCLIP_API_BRIDGE_MODE: {other}"
+        ))),
+        None => Err(ConfigError::Refused(
+            "--transport queue|stdio is required (or PAPERCLIP_API_BRIDGE_MODE)".into(),
+        )),
     }
 }
 
-impl<'de> Deserialize<'de> for DurationArg {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        s.parse().map_err(serde::de::Error::custom)
-    }
-}
-
-impl ProxyOptions {
-    /// Fills every option not given here from `lower` (flag/env over file).
-    pub fn or(self, lower: ProxyOptions) -> ProxyOptions {
-        macro_rules! pick {
-            ($($f:ident),* $(,)?) => { ProxyOptions { $($f: self.$f.or(lower.$f)),* } };
+/// A gateway runs inside the sandbox: it must never be handed the upstream credential. Its flags
+/// do not exist (clap refuses them) and file keys are refused by [`ConfigFile::check_keys`]; this
+/// refuses the environment variables.
+fn refuse_upstream_credential(env: Env<'_>) -> Result<(), ConfigError> {
+    for name in [
+        DEFAULT_UPSTREAM_TOKEN_ENV,
+        "CALLBACK_BRIDGE_UPSTREAM_TOKEN_FILE",
+        "CALLBACK_BRIDGE_UPSTREAM_TOKEN_ENV",
+    ] {
+        if env_nonempty(env, name).is_some() {
+            return Err(ConfigError::Refused(format!(
+                "{name} is set, but gateway runs inside the sandbox and must never hold the \
+                 upstream credential: give it to the relay (or serve) instead"
+            )));
         }
-        pick!(
-            config,
-            listen,
-            allow_non_loopback,
-            upstream,
-            upstream_token_env,
-            upstream_token_file,
-            upstream_auth_header,
-            upstream_auth_scheme,
-            run_id,
-            token_env,
-            token_file,
-            routes,
-            request_headers,
-            response_headers,
-            max_body_bytes,
-            max_in_flight,
-            max_connections,
-            rate_limit_per_second,
-            rate_limit_burst,
-            header_read_timeout,
-            body_idle_timeout,
-            upstream_connect_timeout,
-            upstream_timeout,
-            drain_timeout,
-            lifeline,
-            max_lifetime,
-            idle_exit,
-            ready_file,
-            log_format,
-            log_level,
-        )
+    }
+    Ok(())
+}
+
+/// Paperclip's gateway variables fill the options that are still unset: they rank with the
+/// environment, below flags and `CALLBACK_BRIDGE_*`, above the config file.
+fn paperclip_gateway_aliases(
+    transport: &mut GatewayTransportOptions,
+    listen: &mut ListenOptions,
+    common: &mut CommonOptions,
+    env: Env<'_>,
+) -> Result<(), ConfigError> {
+    fn number(env: Env<'_>, key: &'static str) -> Result<Option<u64>, ConfigError> {
+        env_nonempty(env, key)
+            .map(|v| {
+                v.trim()
+                    .parse::<u64>()
+                    .map_err(|_| invalid(key, format!("{v:?} is not a number")))
+            })
+            .transpose()
+    }
+    if transport.queue_dir.is_none() {
+        transport.queue_dir = env_nonempty(env, "PAPERCLIP_BRIDGE_QUEUE_DIR").map(PathBuf::from);
+    }
+    if listen.listen.is_none() {
+        let host = env_nonempty(env, "PAPERCLIP_BRIDGE_HOST");
+        let port = number(env, "PAPERCLIP_BRIDGE_PORT")?;
+        if host.is_some() || port.is_some() {
+            let port = u16::try_from(port.unwrap_or(0))
+                .map_err(|_| invalid("PAPERCLIP_BRIDGE_PORT", "is not a port number"))?;
+            let host = host.unwrap_or_else(|| "127.0.0.1".into());
+            let host = host.trim();
+            listen.listen = Some(if host.contains(':') && !host.starts_with('[') {
+                format!("[{host}]:{port}")
+            } else {
+                format!("{host}:{port}")
+            });
+        }
+    }
+    if common.max_body_bytes.is_none() {
+        common.max_body_bytes = number(env, "PAPERCLIP_BRIDGE_MAX_BODY_BYTES")?;
+    }
+    let millis = |key| -> Result<Option<DurationArg>, ConfigError> {
+        Ok(number(env, key)?.map(|ms| DurationArg(Duration::from_millis(ms))))
+    };
+    if transport.response_timeout.is_none() {
+        transport.response_timeout = millis("PAPERCLIP_BRIDGE_RESPONSE_TIMEOUT_MS")?;
+    }
+    if transport.poll_interval.is_none() {
+        transport.poll_interval = millis("PAPERCLIP_BRIDGE_POLL_INTERVAL_MS")?;
+    }
+    if transport.max_queue_depth.is_none() {
+        transport.max_queue_depth =
+            number(env, "PAPERCLIP_BRIDGE_MAX_QUEUE_DEPTH")?.map(|n| n as usize);
+    }
+    // The bridge token: `CALLBACK_BRIDGE_TOKEN` (or the configured source) first, then
+    // Paperclip's `PAPERCLIP_BRIDGE_TOKEN`.
+    if common.token_env.is_none()
+        && common.token_file.is_none()
+        && env_nonempty(env, DEFAULT_TOKEN_ENV).is_none()
+        && env_nonempty(env, PAPERCLIP_TOKEN_ENV).is_some()
+    {
+        common.token_env = Some(PAPERCLIP_TOKEN_ENV.into());
+    }
+    Ok(())
+}
+
+/// The stdio gateway's token and nonce from the environment (`--handshake env`).
+fn stdio_handshake_from_env(
+    common: &CommonOptions,
+    env: Env<'_>,
+) -> Result<StdioHandshake, ConfigError> {
+    let token = load_token(common, env)?.ok_or_else(|| {
+        ConfigError::Refused(format!(
+            "no bridge token: set {DEFAULT_TOKEN_ENV} (or {PAPERCLIP_TOKEN_ENV}), or use \
+             --handshake stdin"
+        ))
+    })?;
+    let nonce = env_nonempty(env, NONCE_ENV)
+        .or_else(|| env_nonempty(env, PAPERCLIP_NONCE_ENV))
+        .ok_or_else(|| {
+            ConfigError::Refused(format!(
+                "no session nonce: set {NONCE_ENV} (or {PAPERCLIP_NONCE_ENV}), or use \
+                 --handshake stdin"
+            ))
+        })?;
+    if !valid_nonce(&nonce) {
+        return Err(ConfigError::Refused(format!(
+            "invalid {NONCE_ENV}: at most {MAX_NONCE_LEN} printable characters"
+        )));
+    }
+    Ok(StdioHandshake::Env { token, nonce })
+}
+
+/// The inherited variables no command a relay runs may see: the bridge's own configuration
+/// (`CALLBACK_BRIDGE_*`, which includes the default credential variable), the configured secret
+/// variables, and Paperclip's bridge secrets (the relay hands the gateway its own).
+#[derive(Debug, Clone, Default)]
+pub struct Scrub {
+    names: Vec<String>,
+}
+
+impl Scrub {
+    fn for_relay(configured: &[&str]) -> Scrub {
+        let mut names: Vec<String> = configured.iter().map(|s| (*s).to_owned()).collect();
+        names.extend([PAPERCLIP_TOKEN_ENV, PAPERCLIP_NONCE_ENV].map(str::to_owned));
+        Scrub { names }
     }
 
-    /// Reads the TOML file named by `--config` (if any) and merges it under the flags/env.
-    pub fn with_file(self) -> Result<ProxyOptions, ConfigError> {
-        let Some(path) = self.config.clone() else {
-            return Ok(self);
-        };
-        let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::ReadFile {
-            path: path.clone(),
+    /// Exactly these names (tests).
+    pub fn names(names: &[&str]) -> Scrub {
+        Scrub {
+            names: names.iter().map(|s| (*s).to_owned()).collect(),
+        }
+    }
+
+    /// Whether an inherited variable must not reach the command.
+    pub fn covers(&self, name: &str) -> bool {
+        name.starts_with(CONFIG_ENV_PREFIX) || self.names.iter().any(|n| n == name)
+    }
+
+    /// Removes every covered variable of this process's environment from `cmd`.
+    pub fn apply(&self, cmd: &mut tokio::process::Command) {
+        for (name, _) in std::env::vars_os() {
+            if name.to_str().is_some_and(|n| self.covers(n)) {
+                cmd.env_remove(&name);
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The config file
+// ---------------------------------------------------------------------------------------------
+
+/// The roles, for telling which file keys a command uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FileRole {
+    Serve,
+    Gateway,
+    Relay,
+}
+
+impl FileRole {
+    fn name(self) -> &'static str {
+        match self {
+            FileRole::Serve => "serve",
+            FileRole::Gateway => "gateway",
+            FileRole::Relay => "relay",
+        }
+    }
+
+    /// The option groups the role reads from the file.
+    fn groups(self) -> Vec<Vec<String>> {
+        match self {
+            FileRole::Serve => vec![
+                keys::<CommonOptions>(),
+                keys::<ListenOptions>(),
+                keys::<UpstreamOptions>(),
+            ],
+            FileRole::Gateway => vec![
+                keys::<CommonOptions>(),
+                keys::<ListenOptions>(),
+                keys::<GatewayTransportOptions>(),
+            ],
+            FileRole::Relay => vec![
+                keys::<CommonOptions>(),
+                keys::<UpstreamOptions>(),
+                keys::<RelayTransportOptions>(),
+            ],
+        }
+    }
+}
+
+/// The file keys of an option group: its clap ids (the field names), less `config`.
+fn keys<G: Args>() -> Vec<String> {
+    G::augment_args(clap::Command::new("keys"))
+        .get_arguments()
+        .map(|a| a.get_id().as_str().to_owned())
+        .filter(|k| k != "config")
+        .collect()
+}
+
+/// The TOML file, read once, or an empty table when none is configured.
+#[derive(Debug, Default)]
+struct ConfigFile {
+    path: PathBuf,
+    table: toml::Table,
+}
+
+impl ConfigFile {
+    fn read(path: &Path) -> Result<ConfigFile, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::ReadFile {
+            path: path.to_owned(),
             source,
         })?;
-        let file: ProxyOptions = toml::from_str(&text).map_err(|e| ConfigError::ParseFile {
-            path: path.clone(),
+        let table: toml::Table = toml::from_str(&text).map_err(|e| ConfigError::ParseFile {
+            path: path.to_owned(),
             message: one_line(&e.to_string()),
         })?;
-        Ok(self.or(file))
+        Ok(ConfigFile {
+            path: path.to_owned(),
+            table,
+        })
     }
+
+    /// Every key must be a setting of `role`: an unknown key names the closest known one; a key
+    /// of another role is refused (a gateway given an upstream credential key says why).
+    fn check_keys(&self, role: FileRole) -> Result<(), ConfigError> {
+        let used: Vec<String> = role.groups().into_iter().flatten().collect();
+        let all: Vec<String> = [FileRole::Serve, FileRole::Gateway, FileRole::Relay]
+            .into_iter()
+            .flat_map(FileRole::groups)
+            .flatten()
+            .collect();
+        for key in self.table.keys() {
+            if used.iter().any(|k| k == key) {
+                continue;
+            }
+            let message = if role == FileRole::Gateway && key.starts_with("upstream_token") {
+                format!(
+                    "{key}: gateway runs inside the sandbox and must never hold the upstream \
+                     credential; give it to the relay (or serve) instead"
+                )
+            } else if all.iter().any(|k| k == key) {
+                format!("{key} is not a setting of `{}`", role.name())
+            } else {
+                let closest = all
+                    .iter()
+                    .map(|k| (strsim::jaro_winkler(k, key), k))
+                    .max_by(|a, b| a.0.total_cmp(&b.0))
+                    .filter(|(score, _)| *score > 0.8);
+                match closest {
+                    Some((_, k)) => format!("unknown key {key:?} (did you mean {k:?}?)"),
+                    None => format!("unknown key {key:?}"),
+                }
+            };
+            return Err(ConfigError::ParseFile {
+                path: self.path.clone(),
+                message,
+            });
+        }
+        Ok(())
+    }
+
+    /// One option group from the file's keys of that group.
+    fn group<G: Args + DeserializeOwned + Default>(&self) -> Result<G, ConfigError> {
+        let names = keys::<G>();
+        let subset: toml::Table = self
+            .table
+            .iter()
+            .filter(|(k, _)| names.iter().any(|n| n == *k))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        if subset.is_empty() {
+            return Ok(G::default());
+        }
+        G::deserialize(subset).map_err(|e| ConfigError::ParseFile {
+            path: self.path.clone(),
+            message: one_line(&e.to_string()),
+        })
+    }
+
+    /// Resolves a path given in the file against the file's directory.
+    fn resolve(&self, path: PathBuf) -> PathBuf {
+        match self.path.parent() {
+            Some(dir) if path.is_relative() => dir.join(path),
+            _ => path,
+        }
+    }
+}
+
+/// The common options merged (flags/env over file), before validation.
+struct MergedCommon {
+    merged: CommonOptions,
+}
+
+/// Reads the file named by `--config` (if any), checks its keys for `role` and merges the common
+/// options; the caller merges its other groups from the returned file.
+fn with_file(
+    flags: CommonOptions,
+    role: FileRole,
+    env: Env<'_>,
+) -> Result<(MergedCommon, ConfigFile), ConfigError> {
+    let file = match &flags.config {
+        Some(path) => ConfigFile::read(path)?,
+        None => ConfigFile::default(),
+    };
+    file.check_keys(role)?;
+    let mut flags = flags;
+    // `RUST_LOG` ranks with the environment: below an explicit level, above the file.
+    if flags.log_level.is_none() {
+        flags.log_level = env_nonempty(env, "RUST_LOG");
+    }
+    let mut from_file: CommonOptions = file.group()?;
+    from_file.routes = from_file.routes.map(|p| file.resolve(p));
+    from_file.token_file = from_file.token_file.map(|p| file.resolve(p));
+    from_file.ready_file = from_file.ready_file.map(|p| file.resolve(p));
+    Ok((
+        MergedCommon {
+            merged: flags.or(from_file),
+        },
+        file,
+    ))
 }
 
 /// Collapses a multi-line library error (toml prints a snippet) into one line.
@@ -177,6 +849,317 @@ fn one_line(s: &str) -> String {
         .collect();
     lines.join(" ")
 }
+
+// ---------------------------------------------------------------------------------------------
+// Validation of each group
+// ---------------------------------------------------------------------------------------------
+
+impl MergedCommon {
+    fn validate(self) -> Result<Common, ConfigError> {
+        let opts = self.merged;
+        let policy = build_policy(&opts)?;
+        let rate_per_second = opts
+            .rate_limit_per_second
+            .unwrap_or(DEFAULT_RATE_PER_SECOND);
+        let rate_burst = opts.rate_limit_burst.unwrap_or(DEFAULT_RATE_BURST);
+        let rate = (rate_per_second > 0 && rate_burst > 0).then_some((rate_per_second, rate_burst));
+        let limits = Limits {
+            max_body_bytes: policy.max_body_bytes,
+            max_in_flight: opts.max_in_flight.unwrap_or(DEFAULT_MAX_IN_FLIGHT),
+            rate,
+            body_idle_timeout: positive(
+                "body_idle_timeout",
+                duration_or(opts.body_idle_timeout, DEFAULT_BODY_IDLE_TIMEOUT),
+            )?,
+            drain_timeout: duration_or(opts.drain_timeout, DEFAULT_DRAIN_TIMEOUT),
+        };
+        if limits.max_in_flight == 0 {
+            return Err(invalid("max_in_flight", "must be greater than zero"));
+        }
+        let lifecycle = Lifecycle {
+            lifeline: opts.lifeline.unwrap_or(Lifeline::None),
+            max_lifetime: optional_duration(opts.max_lifetime),
+            idle_exit: optional_duration(opts.idle_exit),
+            ready_file: opts.ready_file.clone(),
+        };
+        Ok(Common {
+            policy,
+            limits,
+            lifecycle,
+            log: log_config(&opts)?,
+        })
+    }
+}
+
+fn listener(opts: &ListenOptions) -> Result<Listener, ConfigError> {
+    let addr = parse_listen(
+        opts.listen.as_deref().unwrap_or("127.0.0.1:0"),
+        opts.allow_non_loopback.unwrap_or(false),
+    )?;
+    let max_connections = opts.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS);
+    if max_connections == 0 {
+        return Err(invalid("max_connections", "must be greater than zero"));
+    }
+    Ok(Listener {
+        addr,
+        max_connections,
+        header_read_timeout: positive(
+            "header_read_timeout",
+            duration_or(opts.header_read_timeout, DEFAULT_HEADER_READ_TIMEOUT),
+        )?,
+    })
+}
+
+fn target(opts: &UpstreamOptions, env: Env<'_>) -> Result<Target, ConfigError> {
+    let upstream = Upstream::parse(opts.upstream.as_deref().unwrap_or(DEFAULT_UPSTREAM))?;
+    let header_name = opts
+        .upstream_auth_header
+        .as_deref()
+        .unwrap_or("authorization");
+    let header = http::HeaderName::from_bytes(header_name.as_bytes()).map_err(|_| {
+        invalid(
+            "upstream_auth_header",
+            format!("{header_name:?} is not a header name"),
+        )
+    })?;
+    let scheme = opts.upstream_auth_scheme.as_deref().unwrap_or("Bearer");
+    let upstream_env = opts
+        .upstream_token_env
+        .as_deref()
+        .unwrap_or(DEFAULT_UPSTREAM_TOKEN_ENV);
+    let credential = load_secret(
+        "upstream token",
+        opts.upstream_token_file.as_deref(),
+        upstream_env,
+        env,
+    )?
+    .map(|secret| {
+        UpstreamCredential::new(header, scheme, &SecretString::from(secret)).map_err(|_| {
+            // Never echo the value: it is the secret.
+            invalid(
+                "upstream token",
+                "contains characters not allowed in a header value",
+            )
+        })
+    })
+    .transpose()?;
+    let run_id = opts
+        .run_id
+        .clone()
+        .or_else(|| env_nonempty(env, "PAPERCLIP_RUN_ID"))
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            http::HeaderValue::from_str(&s)
+                .map_err(|_| invalid("run_id", "is not a valid header value"))
+        })
+        .transpose()?;
+    Ok(Target {
+        upstream,
+        credential,
+        run_id,
+        connect_timeout: positive(
+            "upstream_connect_timeout",
+            duration_or(
+                opts.upstream_connect_timeout,
+                DEFAULT_UPSTREAM_CONNECT_TIMEOUT,
+            ),
+        )?,
+        timeout: positive(
+            "upstream_timeout",
+            duration_or(opts.upstream_timeout, DEFAULT_UPSTREAM_TIMEOUT),
+        )?,
+    })
+}
+
+/// The configured bridge token, if any.
+fn load_token(opts: &CommonOptions, env: Env<'_>) -> Result<Option<BridgeToken>, ConfigError> {
+    let token_env = opts.token_env.as_deref().unwrap_or(DEFAULT_TOKEN_ENV);
+    Ok(
+        load_secret("bridge token", opts.token_file.as_deref(), token_env, env)?
+            .map(BridgeToken::new),
+    )
+}
+
+/// The configured token, or a fresh one (printed once on the readiness line).
+fn token_or_generate(token: Option<BridgeToken>) -> Result<TokenConfig, ConfigError> {
+    Ok(match token {
+        Some(token) => TokenConfig {
+            token,
+            generated: false,
+        },
+        None => TokenConfig {
+            token: BridgeToken::generate()
+                .map_err(|e| invalid("token", format!("cannot generate: {e}")))?,
+            generated: true,
+        },
+    })
+}
+
+/// Reads a secret file, stripping one trailing newline (`\n` or `\r\n`).
+fn read_secret_file(what: &'static str, path: &Path) -> Result<String, ConfigError> {
+    let mut s = std::fs::read_to_string(path).map_err(|source| ConfigError::SecretFile {
+        what,
+        path: path.to_owned(),
+        source,
+    })?;
+    if s.ends_with('\n') {
+        s.pop();
+        if s.ends_with('\r') {
+            s.pop();
+        }
+    }
+    Ok(s)
+}
+
+/// Reads a secret from a file (preferred when configured) or an env var; empty counts as absent.
+fn load_secret(
+    what: &'static str,
+    file: Option<&Path>,
+    env_name: &str,
+    env: Env<'_>,
+) -> Result<Option<String>, ConfigError> {
+    let value = match file {
+        Some(path) => Some(read_secret_file(what, path)?),
+        None => env(env_name),
+    };
+    Ok(value.filter(|v| !v.is_empty()))
+}
+
+fn parse_listen(raw: &str, allow_non_loopback: bool) -> Result<SocketAddr, ConfigError> {
+    let key = "listen";
+    let addr = match raw.parse::<SocketAddr>() {
+        Ok(a) => a,
+        Err(_) => match raw.rsplit_once(':') {
+            Some(("localhost", port)) => {
+                let port: u16 = port
+                    .parse()
+                    .map_err(|_| invalid(key, format!("{raw:?} has an invalid port")))?;
+                SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port)
+            }
+            _ => {
+                return Err(invalid(
+                    key,
+                    format!("{raw:?} is not an IP:PORT address (e.g. 127.0.0.1:0)"),
+                ))
+            }
+        },
+    };
+    if !addr.ip().is_loopback() && !allow_non_loopback {
+        return Err(invalid(
+            key,
+            format!("{addr} is not a loopback address; set allow_non_loopback = true to permit it"),
+        ));
+    }
+    Ok(addr)
+}
+
+fn duration_or(v: Option<DurationArg>, default: Duration) -> Duration {
+    v.map(|d| d.0).unwrap_or(default)
+}
+
+fn optional_duration(v: Option<DurationArg>) -> Option<Duration> {
+    v.map(|d| d.0).filter(|d| !d.is_zero())
+}
+
+fn positive(key: &'static str, d: Duration) -> Result<Duration, ConfigError> {
+    if d.is_zero() {
+        Err(invalid(key, "must be greater than zero"))
+    } else {
+        Ok(d)
+    }
+}
+
+/// Builds the compiled policy from the options (routes file, header lists, body limit).
+pub fn build_policy(opts: &CommonOptions) -> Result<Policy, ConfigError> {
+    let routes = match &opts.routes {
+        None => RouteTable::builtin(),
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Routes {
+                path: path.clone(),
+                message: e.to_string(),
+            })?;
+            RouteTable::from_toml(&text).map_err(|e| ConfigError::Routes {
+                path: path.clone(),
+                message: one_line(&e.to_string()),
+            })?
+        }
+    };
+    let defaults = HeaderRules::default();
+    let names = |v: &[http::HeaderName]| v.iter().map(|n| n.as_str().to_owned()).collect();
+    let request: Vec<String> = opts
+        .request_headers
+        .clone()
+        .unwrap_or_else(|| names(defaults.request_names()));
+    let response: Vec<String> = opts
+        .response_headers
+        .clone()
+        .unwrap_or_else(|| names(defaults.response_names()));
+    let headers = HeaderRules::new(&request, &response)
+        .map_err(|e| invalid("request_headers/response_headers", e.to_string()))?;
+    let max_body_bytes = opts.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES);
+    if max_body_bytes == 0 {
+        return Err(invalid("max_body_bytes", "must be greater than zero"));
+    }
+    Ok(Policy::new(routes, headers, max_body_bytes))
+}
+
+/// Log settings: the format, and a level list whose every directive is checked (a misspelt
+/// level would otherwise read as a target name and silently switch every log line off).
+fn log_config(opts: &CommonOptions) -> Result<LogConfig, ConfigError> {
+    use std::io::IsTerminal;
+    let level = opts.log_level.clone().unwrap_or_else(|| "info".to_owned());
+    validate_log_level(&level)?;
+    Ok(LogConfig {
+        format: opts
+            .log_format
+            .unwrap_or(if std::io::stderr().is_terminal() {
+                LogFormat::Pretty
+            } else {
+                LogFormat::Json
+            }),
+        level,
+    })
+}
+
+fn validate_log_level(spec: &str) -> Result<(), ConfigError> {
+    let is_level = |s: &str| {
+        matches!(
+            s.trim().to_ascii_lowercase().as_str(),
+            "off" | "error" | "warn" | "info" | "debug" | "trace"
+        )
+    };
+    let bad = |why: String| invalid("log_level", why);
+    if spec.trim().is_empty() {
+        return Err(bad("is empty".into()));
+    }
+    for directive in spec.split(',').map(str::trim) {
+        match directive.split_once('=') {
+            None if is_level(directive) => {}
+            None => {
+                return Err(bad(format!(
+                    "{directive:?} is not a level (off, error, warn, info, debug, trace) or a \
+                     target=level pair"
+                )))
+            }
+            Some((target, level)) => {
+                let target_ok = !target.is_empty()
+                    && target
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':' || c == '-');
+                if !target_ok || !is_level(level) {
+                    return Err(bad(format!(
+                        "{directive:?} is not a target=level pair (e.g. access=warn)"
+                    )));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// The upstream URL
+// ---------------------------------------------------------------------------------------------
 
 /// The upstream origin and base path.
 #[derive(Debug, Clone)]
@@ -227,6 +1210,16 @@ impl Upstream {
         if authority.host().is_empty() {
             return Err(invalid(key, "has an empty host"));
         }
+        // `http::Uri` keeps a port it cannot read as a number (`:notaport`, `:99999`) as text.
+        let after_host = &authority.as_str()[authority.as_str().rfind(']').unwrap_or(0)..];
+        if let Some((_, port)) = after_host.rsplit_once(':') {
+            if port.parse::<u16>().map_or(true, |p| p == 0) {
+                return Err(invalid(
+                    key,
+                    format!("{raw:?} has an invalid port (1 to 65535)"),
+                ));
+            }
+        }
         #[cfg(feature = "tls")]
         if scheme == http::uri::Scheme::HTTPS {
             let host = authority.host().trim_matches(['[', ']']).to_owned();
@@ -275,306 +1268,24 @@ impl Upstream {
     }
 }
 
-/// Limits and timeouts, all validated.
-#[derive(Debug, Clone)]
-pub struct Limits {
-    pub max_body_bytes: u64,
-    pub max_in_flight: usize,
-    pub max_connections: usize,
-    /// `(per_second, burst)`; `None` when disabled.
-    pub rate: Option<(u32, u32)>,
-    pub header_read_timeout: Duration,
-    pub body_idle_timeout: Duration,
-    pub upstream_connect_timeout: Duration,
-    pub upstream_timeout: Duration,
-    pub drain_timeout: Duration,
-}
-
-#[derive(Debug, Clone)]
-pub struct Lifecycle {
-    pub lifeline: Lifeline,
-    pub max_lifetime: Option<Duration>,
-    pub idle_exit: Option<Duration>,
-    pub ready_file: Option<PathBuf>,
-}
-
-#[derive(Debug, Clone)]
-pub struct LogConfig {
-    pub format: LogFormat,
-    pub level: String,
-}
-
-/// Where allowed requests go and what is injected into them.
-#[derive(Debug)]
-pub struct Target {
-    pub upstream: Upstream,
-    /// `None` when no credential is configured (forwarded without one, warned once).
-    pub credential: Option<UpstreamCredential>,
-    pub run_id: Option<http::HeaderValue>,
-}
-
-/// The validated configuration of `serve` (and of the relay's forwarding side).
-#[derive(Debug)]
-pub struct Config {
-    pub listen: SocketAddr,
-    pub target: Target,
-    pub token: BridgeToken,
-    /// Whether the bridge generated the token (then it is printed on the ready line).
-    pub token_generated: bool,
-    pub policy: Policy,
-    pub limits: Limits,
-    pub lifecycle: Lifecycle,
-    pub log: LogConfig,
-}
-
-/// Reads a secret file, stripping one trailing newline (`\n` or `\r\n`).
-fn read_secret_file(what: &'static str, path: &Path) -> Result<String, ConfigError> {
-    let mut s = std::fs::read_to_string(path).map_err(|source| ConfigError::SecretFile {
-        what,
-        path: path.to_owned(),
-        source,
-    })?;
-    if s.ends_with('\n') {
-        s.pop();
-        if s.ends_with('\r') {
-            s.pop();
-        }
-    }
-    Ok(s)
-}
-
-/// Reads a secret from a file (preferred when configured) or an env var; empty counts as absent.
-fn load_secret(
-    what: &'static str,
-    file: Option<&Path>,
-    env_name: &str,
-) -> Result<Option<String>, ConfigError> {
-    let value = match file {
-        Some(path) => Some(read_secret_file(what, path)?),
-        None => std::env::var(env_name).ok(),
-    };
-    Ok(value.filter(|v| !v.is_empty()))
-}
-
-fn parse_listen(raw: &str, allow_non_loopback: bool) -> Result<SocketAddr, ConfigError> {
-    let key = "listen";
-    let addr = match raw.parse::<SocketAddr>() {
-        Ok(a) => a,
-        Err(_) => match raw.rsplit_once(':') {
-            Some(("localhost", port)) => {
-                let port: u16 = port
-                    .parse()
-                    .map_err(|_| invalid(key, format!("{raw:?} has an invalid port")))?;
-                SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port)
-            }
-            _ => {
-                return Err(invalid(
-                    key,
-                    format!("{raw:?} is not an IP:PORT address (e.g. 127.0.0.1:0)"),
-                ))
-            }
-        },
-    };
-    if !addr.ip().is_loopback() && !allow_non_loopback {
-        return Err(invalid(
-            key,
-            format!("{addr} is not a loopback address; set allow_non_loopback = true to permit it"),
-        ));
-    }
-    Ok(addr)
-}
-
-fn duration_or(v: Option<DurationArg>, default: Duration) -> Duration {
-    v.map(|d| d.0).unwrap_or(default)
-}
-
-fn optional_duration(v: Option<DurationArg>) -> Option<Duration> {
-    v.map(|d| d.0).filter(|d| !d.is_zero())
-}
-
-fn positive(key: &'static str, d: Duration) -> Result<Duration, ConfigError> {
-    if d.is_zero() {
-        Err(invalid(key, "must be greater than zero"))
-    } else {
-        Ok(d)
-    }
-}
-
-/// Builds the compiled policy from the options (routes file, header lists, body limit).
-pub fn build_policy(opts: &ProxyOptions) -> Result<Policy, ConfigError> {
-    let routes = match &opts.routes {
-        None => RouteTable::builtin(),
-        Some(path) => {
-            let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Routes {
-                path: path.clone(),
-                message: e.to_string(),
-            })?;
-            RouteTable::from_toml(&text).map_err(|e| ConfigError::Routes {
-                path: path.clone(),
-                message: one_line(&e.to_string()),
-            })?
-        }
-    };
-    let defaults = HeaderRules::default();
-    let names = |v: &[http::HeaderName]| v.iter().map(|n| n.as_str().to_owned()).collect();
-    let request: Vec<String> = opts
-        .request_headers
-        .clone()
-        .unwrap_or_else(|| names(defaults.request_names()));
-    let response: Vec<String> = opts
-        .response_headers
-        .clone()
-        .unwrap_or_else(|| names(defaults.response_names()));
-    let headers = HeaderRules::new(&request, &response)
-        .map_err(|e| invalid("request_headers/response_headers", e.to_string()))?;
-    let max_body_bytes = opts.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES);
-    if max_body_bytes == 0 {
-        return Err(invalid("max_body_bytes", "must be greater than zero"));
-    }
-    Ok(Policy::new(routes, headers, max_body_bytes))
-}
-
-impl Config {
-    /// Validates merged options and loads secrets. One fallible step; nothing is read later.
-    pub fn load(opts: ProxyOptions) -> Result<Config, ConfigError> {
-        let listen = parse_listen(
-            opts.listen.as_deref().unwrap_or("127.0.0.1:0"),
-            opts.allow_non_loopback.unwrap_or(false),
-        )?;
-        let upstream = Upstream::parse(opts.upstream.as_deref().unwrap_or(DEFAULT_UPSTREAM))?;
-
-        let header_name = opts
-            .upstream_auth_header
-            .as_deref()
-            .unwrap_or("authorization");
-        let header = http::HeaderName::from_bytes(header_name.as_bytes()).map_err(|_| {
-            invalid(
-                "upstream_auth_header",
-                format!("{header_name:?} is not a header name"),
-            )
-        })?;
-        let scheme = opts.upstream_auth_scheme.as_deref().unwrap_or("Bearer");
-        let upstream_env = opts
-            .upstream_token_env
-            .as_deref()
-            .unwrap_or(DEFAULT_UPSTREAM_TOKEN_ENV);
-        let credential = load_secret(
-            "upstream token",
-            opts.upstream_token_file.as_deref(),
-            upstream_env,
-        )?
-        .map(|secret| {
-            UpstreamCredential::new(header, scheme, &SecretString::from(secret)).map_err(|_| {
-                // Never echo the value: it is the secret.
-                invalid(
-                    "upstream token",
-                    "contains characters not allowed in a header value",
-                )
-            })
-        })
-        .transpose()?;
-
-        let run_id = opts
-            .run_id
-            .clone()
-            .or_else(|| std::env::var("PAPERCLIP_RUN_ID").ok())
-            .filter(|s| !s.is_empty())
-            .map(|s| {
-                http::HeaderValue::from_str(&s)
-                    .map_err(|_| invalid("run_id", "is not a valid header value"))
-            })
-            .transpose()?;
-
-        let token_env = opts.token_env.as_deref().unwrap_or(DEFAULT_TOKEN_ENV);
-        let (token, token_generated) =
-            match load_secret("bridge token", opts.token_file.as_deref(), token_env)? {
-                Some(t) => (BridgeToken::new(t), false),
-                None => (
-                    BridgeToken::generate()
-                        .map_err(|e| invalid("token", format!("cannot generate: {e}")))?,
-                    true,
-                ),
-            };
-
-        let policy = build_policy(&opts)?;
-        let rate_per_second = opts
-            .rate_limit_per_second
-            .unwrap_or(DEFAULT_RATE_PER_SECOND);
-        let rate_burst = opts.rate_limit_burst.unwrap_or(DEFAULT_RATE_BURST);
-        let rate = (rate_per_second > 0 && rate_burst > 0).then_some((rate_per_second, rate_burst));
-        let limits = Limits {
-            max_body_bytes: policy.max_body_bytes,
-            max_in_flight: opts.max_in_flight.unwrap_or(DEFAULT_MAX_IN_FLIGHT),
-            max_connections: opts.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS),
-            rate,
-            header_read_timeout: positive(
-                "header_read_timeout",
-                duration_or(opts.header_read_timeout, DEFAULT_HEADER_READ_TIMEOUT),
-            )?,
-            body_idle_timeout: positive(
-                "body_idle_timeout",
-                duration_or(opts.body_idle_timeout, DEFAULT_BODY_IDLE_TIMEOUT),
-            )?,
-            upstream_connect_timeout: positive(
-                "upstream_connect_timeout",
-                duration_or(
-                    opts.upstream_connect_timeout,
-                    DEFAULT_UPSTREAM_CONNECT_TIMEOUT,
-                ),
-            )?,
-            upstream_timeout: positive(
-                "upstream_timeout",
-                duration_or(opts.upstream_timeout, DEFAULT_UPSTREAM_TIMEOUT),
-            )?,
-            drain_timeout: duration_or(opts.drain_timeout, DEFAULT_DRAIN_TIMEOUT),
-        };
-        if limits.max_in_flight == 0 {
-            return Err(invalid("max_in_flight", "must be greater than zero"));
-        }
-        if limits.max_connections == 0 {
-            return Err(invalid("max_connections", "must be greater than zero"));
-        }
-        let lifecycle = Lifecycle {
-            lifeline: opts.lifeline.unwrap_or(Lifeline::None),
-            max_lifetime: optional_duration(opts.max_lifetime),
-            idle_exit: optional_duration(opts.idle_exit),
-            ready_file: opts.ready_file.clone(),
-        };
-        Ok(Config {
-            listen,
-            target: Target {
-                upstream,
-                credential,
-                run_id,
-            },
-            token,
-            token_generated,
-            policy,
-            limits,
-            lifecycle,
-            log: log_config(&opts),
-        })
-    }
-}
-
-/// Log settings alone (so logging can start before the rest is validated).
-pub fn log_config(opts: &ProxyOptions) -> LogConfig {
-    use std::io::IsTerminal;
-    LogConfig {
-        format: opts
-            .log_format
-            .unwrap_or(if std::io::stderr().is_terminal() {
-                LogFormat::Pretty
-            } else {
-                LogFormat::Json
-            }),
-        level: opts.log_level.clone().unwrap_or_else(|| "info".to_owned()),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::Parser;
+
+    fn parse(args: &[&str]) -> cli::Command {
+        let mut argv = vec!["callback-bridge"];
+        argv.extend_from_slice(args);
+        cli::Cli::try_parse_from(argv).expect("parses").command
+    }
+
+    fn env_of(vars: &'static [(&'static str, &'static str)]) -> impl Fn(&str) -> Option<String> {
+        move |k| {
+            vars.iter()
+                .find(|(name, _)| *name == k)
+                .map(|(_, v)| (*v).to_owned())
+        }
+    }
 
     #[test]
     fn parses_durations() {
@@ -616,6 +1327,7 @@ mod tests {
         );
         let u = Upstream::parse("http://h:1/base/").unwrap();
         assert_eq!(u.uri_for("/api").unwrap().path(), "/base/api");
+        assert!(Upstream::parse("http://[::1]:3100").is_ok());
         #[cfg(feature = "tls")]
         assert!(Upstream::parse("https://paperclip.example").is_ok());
         for bad in [
@@ -625,6 +1337,9 @@ mod tests {
             "http://h/#f",
             "127.0.0.1:3100",
             "not a url",
+            "http://127.0.0.1:notaport",
+            "http://127.0.0.1:99999",
+            "http://127.0.0.1:0",
         ] {
             assert!(Upstream::parse(bad).is_err(), "{bad} accepted");
         }
@@ -632,11 +1347,11 @@ mod tests {
 
     #[test]
     fn flags_beat_file_values() {
-        let flags = ProxyOptions {
+        let flags = CommonOptions {
             max_body_bytes: Some(1),
             ..Default::default()
         };
-        let file = ProxyOptions {
+        let file = CommonOptions {
             max_body_bytes: Some(2),
             max_in_flight: Some(3),
             ..Default::default()
@@ -648,42 +1363,211 @@ mod tests {
 
     #[test]
     fn example_config_file_equals_defaults() {
-        let text = include_str!("../config/bridge.toml");
-        let file: ProxyOptions = toml::from_str(text).expect("config/bridge.toml parses");
-        assert_eq!(file.listen.as_deref(), Some("127.0.0.1:0"));
-        assert_eq!(file.upstream.as_deref(), Some(DEFAULT_UPSTREAM));
-        assert_eq!(file.max_body_bytes, Some(DEFAULT_MAX_BODY_BYTES));
-        assert_eq!(file.max_in_flight, Some(DEFAULT_MAX_IN_FLIGHT));
-        assert_eq!(file.max_connections, Some(DEFAULT_MAX_CONNECTIONS));
-        assert_eq!(file.rate_limit_per_second, Some(DEFAULT_RATE_PER_SECOND));
-        assert_eq!(file.rate_limit_burst, Some(DEFAULT_RATE_BURST));
+        let file = ConfigFile {
+            path: PathBuf::from("config/bridge.toml"),
+            table: toml::from_str(include_str!("../config/bridge.toml")).unwrap(),
+        };
+        file.check_keys(FileRole::Serve).expect("serve keys only");
+        let listen: ListenOptions = file.group().unwrap();
+        let upstream: UpstreamOptions = file.group().unwrap();
+        let common: CommonOptions = file.group().unwrap();
+        assert_eq!(listen.listen.as_deref(), Some("127.0.0.1:0"));
+        assert_eq!(upstream.upstream.as_deref(), Some(DEFAULT_UPSTREAM));
+        assert_eq!(common.max_body_bytes, Some(DEFAULT_MAX_BODY_BYTES));
+        assert_eq!(common.max_in_flight, Some(DEFAULT_MAX_IN_FLIGHT));
+        assert_eq!(listen.max_connections, Some(DEFAULT_MAX_CONNECTIONS));
+        assert_eq!(common.rate_limit_per_second, Some(DEFAULT_RATE_PER_SECOND));
+        assert_eq!(common.rate_limit_burst, Some(DEFAULT_RATE_BURST));
         assert_eq!(
-            file.header_read_timeout.map(|d| d.0),
+            listen.header_read_timeout.map(|d| d.0),
             Some(DEFAULT_HEADER_READ_TIMEOUT)
         );
         assert_eq!(
-            file.body_idle_timeout.map(|d| d.0),
+            common.body_idle_timeout.map(|d| d.0),
             Some(DEFAULT_BODY_IDLE_TIMEOUT)
         );
         assert_eq!(
-            file.upstream_timeout.map(|d| d.0),
+            upstream.upstream_timeout.map(|d| d.0),
             Some(DEFAULT_UPSTREAM_TIMEOUT)
         );
-        assert_eq!(file.drain_timeout.map(|d| d.0), Some(DEFAULT_DRAIN_TIMEOUT));
+        assert_eq!(
+            common.drain_timeout.map(|d| d.0),
+            Some(DEFAULT_DRAIN_TIMEOUT)
+        );
         let defaults = HeaderRules::default();
         let names = |v: &[http::HeaderName]| -> Vec<String> {
             v.iter().map(|n| n.as_str().to_owned()).collect()
         };
-        assert_eq!(file.request_headers, Some(names(defaults.request_names())));
         assert_eq!(
-            file.response_headers,
+            common.request_headers,
+            Some(names(defaults.request_names()))
+        );
+        assert_eq!(
+            common.response_headers,
             Some(names(defaults.response_names()))
         );
     }
 
+    fn file_of(text: &str) -> ConfigFile {
+        ConfigFile {
+            path: PathBuf::from("bridge.toml"),
+            table: toml::from_str(text).unwrap(),
+        }
+    }
+
     #[test]
-    fn unknown_file_keys_are_errors() {
-        let err = toml::from_str::<ProxyOptions>("listn = \"127.0.0.1:0\"").unwrap_err();
-        assert!(err.to_string().contains("listn"), "{err}");
+    fn unknown_file_keys_are_errors_that_name_the_closest_key() {
+        let err = file_of("listn = \"127.0.0.1:0\"")
+            .check_keys(FileRole::Serve)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("listn") && err.contains("\"listen\""), "{err}");
+    }
+
+    #[test]
+    fn a_gateway_refuses_the_upstream_credential_from_file_and_env() {
+        let err = file_of("upstream_token_file = \"/run/secret\"")
+            .check_keys(FileRole::Gateway)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("must never hold the upstream credential"),
+            "{err}"
+        );
+        let err = file_of("upstream = \"http://x\"")
+            .check_keys(FileRole::Gateway)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("not a setting of `gateway`"), "{err}");
+        let env = env_of(&[
+            ("CALLBACK_BRIDGE_UPSTREAM_TOKEN", "secret-value"),
+            ("CALLBACK_BRIDGE_TOKEN", "bridge-token-0123456789"),
+        ]);
+        let cmd = parse(&["gateway", "--transport", "queue", "--queue-dir", "/tmp/q"]);
+        let err = load(cmd, &env).unwrap_err().to_string();
+        assert!(err.contains("CALLBACK_BRIDGE_UPSTREAM_TOKEN"), "{err}");
+        assert!(!err.contains("secret-value"), "{err}");
+        assert!(cli::Cli::try_parse_from([
+            "callback-bridge",
+            "gateway",
+            "--upstream-token-file",
+            "/x"
+        ])
+        .is_err());
+    }
+
+    #[test]
+    fn paperclip_variables_fill_unset_gateway_options_with_one_host_rule() {
+        let env = env_of(&[
+            ("PAPERCLIP_BRIDGE_QUEUE_DIR", "/tmp/pq"),
+            ("PAPERCLIP_BRIDGE_HOST", "::1"),
+            ("PAPERCLIP_BRIDGE_PORT", "4100"),
+            ("PAPERCLIP_BRIDGE_MAX_BODY_BYTES", "2048"),
+            ("PAPERCLIP_BRIDGE_RESPONSE_TIMEOUT_MS", "1500"),
+            ("PAPERCLIP_BRIDGE_POLL_INTERVAL_MS", "100"),
+            ("PAPERCLIP_BRIDGE_MAX_QUEUE_DEPTH", "7"),
+            ("PAPERCLIP_API_BRIDGE_MODE", "queue_v1"),
+            ("PAPERCLIP_BRIDGE_TOKEN", "paperclip-token-0123456789abcdef"),
+        ]);
+        let Run::Role(Role::QueueGateway(c)) = load(parse(&["gateway"]), &env).unwrap() else {
+            panic!("not a queue gateway");
+        };
+        assert_eq!(c.queue_dir, PathBuf::from("/tmp/pq"));
+        assert_eq!(c.listener.addr, "[::1]:4100".parse().unwrap());
+        assert_eq!(c.common.limits.max_body_bytes, 2048);
+        assert_eq!(c.response_timeout, Duration::from_millis(1500));
+        assert_eq!(c.poll_interval, MAX_POLL_INTERVAL);
+        assert_eq!(c.max_queue_depth, 7);
+        assert!(!c.token.generated);
+        assert!(c
+            .token
+            .token
+            .verify_authorization(b"Bearer paperclip-token-0123456789abcdef"));
+        // Flags win over Paperclip's variables; a bracketed host is not bracketed twice.
+        let env = env_of(&[
+            ("PAPERCLIP_BRIDGE_HOST", "[::1]"),
+            ("PAPERCLIP_BRIDGE_PORT", "4101"),
+            ("PAPERCLIP_API_BRIDGE_MODE", "http2_v1"),
+            ("CALLBACK_BRIDGE_TOKEN", "t0123456789"),
+            ("CALLBACK_BRIDGE_NONCE", "n1"),
+        ]);
+        let Run::Role(Role::StdioGateway(c)) =
+            load(parse(&["gateway", "--response-timeout", "2s"]), &env).unwrap()
+        else {
+            panic!("not a stdio gateway");
+        };
+        assert_eq!(c.listener.addr, "[::1]:4101".parse().unwrap());
+        assert_eq!(c.response_timeout, Duration::from_secs(2));
+        // A host without a port is an ephemeral port: refused for stdio, which needs a fixed one.
+        let env = env_of(&[
+            ("PAPERCLIP_BRIDGE_HOST", "127.0.0.1"),
+            ("CALLBACK_BRIDGE_TOKEN", "t0123456789"),
+            ("CALLBACK_BRIDGE_NONCE", "n1"),
+        ]);
+        let err = load(parse(&["gateway", "--transport", "stdio"]), &env).unwrap_err();
+        assert!(err.to_string().contains("fixed port"), "{err}");
+    }
+
+    #[test]
+    fn bad_paperclip_numbers_are_errors() {
+        let env = env_of(&[
+            ("PAPERCLIP_BRIDGE_MAX_QUEUE_DEPTH", "many"),
+            ("PAPERCLIP_BRIDGE_QUEUE_DIR", "/tmp/q"),
+        ]);
+        let err = load(parse(&["gateway", "--transport", "queue"]), &env).unwrap_err();
+        assert!(err.to_string().contains("PAPERCLIP_BRIDGE_MAX_QUEUE_DEPTH"));
+    }
+
+    #[test]
+    fn relays_scrub_their_configuration_and_secret_variables_only() {
+        let scrub = Scrub::for_relay(&["MY_UPSTREAM_KEY", "MY_KEY"]);
+        for name in [
+            "CALLBACK_BRIDGE_UPSTREAM_TOKEN",
+            "CALLBACK_BRIDGE_TOKEN",
+            "CALLBACK_BRIDGE_TOKEN_FILE",
+            "CALLBACK_BRIDGE_UPSTREAM",
+            "PAPERCLIP_BRIDGE_TOKEN",
+            "PAPERCLIP_BRIDGE_NONCE",
+            "MY_UPSTREAM_KEY",
+            "MY_KEY",
+        ] {
+            assert!(scrub.covers(name), "{name} kept");
+        }
+        for name in [
+            "PATH",
+            "HOME",
+            "KUBECONFIG",
+            "PAPERCLIP_BRIDGE_PORT",
+            "SSH_AUTH_SOCK",
+        ] {
+            assert!(!scrub.covers(name), "{name} scrubbed");
+        }
+    }
+
+    #[test]
+    fn misspelt_log_levels_are_errors() {
+        for good in ["info", "warn", "access=warn", "info,access=off", "DEBUG"] {
+            assert!(validate_log_level(good).is_ok(), "{good}");
+        }
+        for bad in ["wanr", "garbage!!", "", "access=loud", "=info"] {
+            assert!(validate_log_level(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn an_explicit_log_level_beats_rust_log_which_beats_the_file() {
+        let env = env_of(&[("RUST_LOG", "debug")]);
+        let Run::Role(Role::Serve(c)) =
+            load(parse(&["serve", "--log-level", "warn"]), &env).unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(c.common.log.level, "warn");
+        let Run::Role(Role::Serve(c)) = load(parse(&["serve"]), &env).unwrap() else {
+            panic!()
+        };
+        assert_eq!(c.common.log.level, "debug");
+        let env = env_of(&[("RUST_LOG", "wanr")]);
+        assert!(load(parse(&["serve"]), &env).is_err());
     }
 }

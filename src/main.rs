@@ -1,12 +1,13 @@
-//! Entry point: parse the command line, build the configuration, run the command, map errors to
-//! exit codes (0 normal end, 2 bad configuration or usage, 1 any other fatal error).
+//! Entry point: parse the command line, build the configuration, build the one runtime and run
+//! the command; map errors to exit codes (0 normal end, 2 bad configuration or usage, 1 any
+//! other fatal error).
 
 use std::process::ExitCode;
 
 use clap::Parser;
 
-use callback_bridge::cli::{Cli, Command};
-use callback_bridge::{commands, config, server, telemetry};
+use callback_bridge::cli::Cli;
+use callback_bridge::Run;
 
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
@@ -17,88 +18,57 @@ fn main() -> ExitCode {
             return ExitCode::from(code);
         }
     };
-    match cli.command {
-        Command::Serve(opts) => serve(opts),
-        Command::Gateway(args) => transport_exit(callback_bridge::transport::gateway(args)),
-        Command::Relay(args) => transport_exit(callback_bridge::transport::relay(args)),
-        Command::Queue(args) => transport_exit(callback_bridge::transport::queue_helper(args)),
-        Command::Check(opts) => match opts.with_file().and_then(commands::check) {
-            Ok(text) => {
-                print!("{text}");
-                ExitCode::SUCCESS
-            }
-            Err(e) => usage_error(&e),
-        },
-        Command::Explain(mut args) => {
-            args.options = match std::mem::take(&mut args.options).with_file() {
-                Ok(o) => o,
-                Err(e) => return usage_error(&e),
+    let run = match callback_bridge::load(cli.command, &callback_bridge::process_env) {
+        Ok(run) => run,
+        Err(e) => return fail(2, &e),
+    };
+    match run {
+        Run::Role(role) => {
+            callback_bridge::init_logging(role.log());
+            // One thread: the bridge's work per request is small, and a single-threaded runtime
+            // keeps memory and scheduling predictable inside a sandbox.
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => return fail(1, &format!("cannot start the runtime: {e}")),
             };
-            match commands::explain(args) {
-                Ok(v) => {
-                    println!("{v}");
-                    ExitCode::SUCCESS
-                }
-                Err(e) => usage_error(&e),
+            let result = runtime.block_on(callback_bridge::run_role(role));
+            // Do not wait for blocking readers (stdin lifeline, handshake) to notice: we are done.
+            runtime.shutdown_background();
+            match result {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => fail(e.exit_code(), &e),
             }
         }
-        Command::Health(args) => match commands::health(args) {
+        Run::Check(config) => {
+            print!("{}", callback_bridge::check(&config));
+            ExitCode::SUCCESS
+        }
+        Run::Explain(config) => match callback_bridge::explain(config) {
+            Ok(v) => {
+                println!("{v}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(2, &e),
+        },
+        Run::Health(config) => match callback_bridge::health(&config) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("callback-bridge health: {e}");
                 ExitCode::FAILURE
             }
         },
+        Run::QueueHelper(args) => match callback_bridge::queue_helper(&args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail(e.exit_code(), &e),
+        },
     }
 }
 
-fn transport_exit(result: Result<(), callback_bridge::transport::TransportError>) -> ExitCode {
-    use callback_bridge::transport::TransportError;
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(TransportError::Config(e)) => usage_error(&e),
-        Err(TransportError::Usage(e)) => usage_error(&e),
-        Err(e) => {
-            eprintln!("callback-bridge: {e}");
-            ExitCode::FAILURE
-        }
-    }
-}
-
-fn usage_error(e: &dyn std::fmt::Display) -> ExitCode {
+/// Prints the one-line reason and returns the exit code.
+fn fail(code: u8, e: &dyn std::fmt::Display) -> ExitCode {
     eprintln!("callback-bridge: {e}");
-    ExitCode::from(2)
-}
-
-fn serve(opts: callback_bridge::cli::ProxyOptions) -> ExitCode {
-    let opts = match opts.with_file() {
-        Ok(o) => o,
-        Err(e) => return usage_error(&e),
-    };
-    telemetry::init_logging(&config::log_config(&opts));
-    let config = match config::Config::load(opts) {
-        Ok(c) => c,
-        Err(e) => return usage_error(&e),
-    };
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("callback-bridge: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(server::run(config)) {
-        Ok(_reason) => {
-            // Do not wait for blocking readers (stdin lifeline) to notice: we are done.
-            runtime.shutdown_background();
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("callback-bridge: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    ExitCode::from(code)
 }

@@ -15,18 +15,17 @@ use crate::cli::LogFormat;
 use crate::config::LogConfig;
 use crate::policy::DenyCode;
 
-/// Starts the tracing subscriber on stderr. `RUST_LOG` wins over the configured level.
+/// Starts the tracing subscriber on stderr with the configured (already validated) level list.
 pub fn init_logging(cfg: &LogConfig) {
     use tracing_subscriber::filter::Targets;
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
-    // `RUST_LOG` takes `level` or `target=level` directives (comma-separated). Targets, not
-    // EnvFilter: the same syntax without span filters, and without a regex engine in the binary.
-    let filter = std::env::var("RUST_LOG")
-        .ok()
-        .and_then(|v| v.parse::<Targets>().ok())
-        .or_else(|| cfg.level.parse::<Targets>().ok())
-        .unwrap_or_else(|| Targets::new().with_default(tracing::Level::INFO));
+    // `level` or `target=level` directives (comma-separated). Targets, not EnvFilter: the same
+    // syntax without span filters, and without a regex engine in the binary.
+    let filter = cfg
+        .level
+        .parse::<Targets>()
+        .unwrap_or_else(|_| Targets::new().with_default(tracing::Level::INFO));
     let builder = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_target(false);
@@ -298,7 +297,7 @@ pub struct AccessRecord {
     pub query_keys: String,
     pub started: std::time::Instant,
     pub upstream_time: Option<Duration>,
-    pub req_state: Option<std::sync::Arc<crate::limits::BodyState>>,
+    pub req_state: Option<std::sync::Arc<crate::body::BodyState>>,
     pub metrics: std::sync::Arc<Metrics>,
 }
 
@@ -345,15 +344,15 @@ impl AccessRecord {
 pin_project_lite::pin_project! {
     /// A response body as sent to the agent: counts bytes, holds `slot` (an in-flight count) until
     /// it ends, and then writes the access-log line.
-    pub struct Logged<S> {
+    pub struct Logged {
         #[pin]
-        inner: crate::proxy::BridgeBody,
+        inner: crate::body::BridgeBody,
         bytes: u64,
         record: Option<AccessRecord>,
-        _slot: S,
+        _slot: Option<crate::limits::InFlightGuard>,
     }
 
-    impl<S> PinnedDrop for Logged<S> {
+    impl PinnedDrop for Logged {
         fn drop(this: Pin<&mut Self>) {
             let this = this.project();
             if let Some(record) = this.record.take() {
@@ -363,8 +362,12 @@ pin_project_lite::pin_project! {
     }
 }
 
-impl<S> Logged<S> {
-    pub fn new(inner: crate::proxy::BridgeBody, record: AccessRecord, slot: S) -> Self {
+impl Logged {
+    pub fn new(
+        inner: crate::body::BridgeBody,
+        record: AccessRecord,
+        slot: Option<crate::limits::InFlightGuard>,
+    ) -> Self {
         Logged {
             inner,
             bytes: 0,
@@ -374,9 +377,9 @@ impl<S> Logged<S> {
     }
 }
 
-impl<S> http_body::Body for Logged<S> {
+impl http_body::Body for Logged {
     type Data = bytes::Bytes;
-    type Error = crate::limits::BodyError;
+    type Error = crate::body::BodyError;
 
     fn poll_frame(
         self: std::pin::Pin<&mut Self>,
@@ -415,7 +418,8 @@ pub struct Metrics {
     pub requests: AtomicU64,
     pub forwarded: AtomicU64,
     pub upstream_errors: AtomicU64,
-    pub in_flight: AtomicU64,
+    /// Shared with the pipeline's in-flight limit, so the gauge is the limit's own count.
+    pub in_flight: std::sync::Arc<AtomicU64>,
     pub bytes_in: AtomicU64,
     pub bytes_out: AtomicU64,
     /// Count per (route id or "-", status, deny code or "").
@@ -500,7 +504,11 @@ impl Metrics {
             "# HELP callback_bridge_in_flight Requests being handled now."
         );
         let _ = writeln!(out, "# TYPE callback_bridge_in_flight gauge");
-        let _ = writeln!(out, "callback_bridge_in_flight {}", g(&self.in_flight));
+        let _ = writeln!(
+            out,
+            "callback_bridge_in_flight {}",
+            self.in_flight.load(Ordering::Relaxed)
+        );
         let _ = writeln!(
             out,
             "# HELP callback_bridge_bytes_in_total Request body bytes received from agents."

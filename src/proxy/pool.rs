@@ -19,7 +19,7 @@ use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 
-use super::BridgeBody;
+use crate::body::BridgeBody;
 
 /// Idle pooled connections are not reused after this long (Node's HTTP server, which Paperclip
 /// runs on, closes idle keep-alive sockets after 5 s; reusing one near that edge races its close).
@@ -34,14 +34,36 @@ const MAX_STALE_RETRIES: usize = 3;
 /// bodies stream through in chunks of at most this size (memory per connection stays flat).
 const CLIENT_READ_BUFFER: usize = 64 * 1024;
 
+/// Why the pool got no response. Every variant but [`UpstreamError::Exchange`] means nothing
+/// was sent.
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
-    /// Could not connect: nothing was sent.
-    #[error("cannot connect to the upstream: {0}")]
-    Connect(String),
+    #[error("connect timed out")]
+    ConnectTimeout,
+    #[error("cannot connect")]
+    Connect(#[source] std::io::Error),
+    #[error("TLS handshake timed out")]
+    TlsTimeout,
+    #[error("TLS handshake failed")]
+    Tls(#[source] std::io::Error),
+    #[error("no TLS client for this https upstream")]
+    NoTls,
+    #[error("HTTP/1.1 handshake failed")]
+    Handshake(#[source] hyper::Error),
+    #[error("the connection closed before the request was sent")]
+    ClosedBeforeSend,
+    #[error("the request was handed back unsent")]
+    NotSent(#[source] hyper::Error),
     /// The request was (or may have been) written, then the exchange failed.
-    #[error("upstream exchange failed: {0}")]
+    #[error("the exchange failed")]
     Exchange(#[source] hyper::Error),
+}
+
+impl UpstreamError {
+    /// Whether the request may have reached the upstream.
+    pub fn maybe_sent(&self) -> bool {
+        matches!(self, UpstreamError::Exchange(_))
+    }
 }
 
 struct Idle {
@@ -147,8 +169,8 @@ impl Pool {
             tokio::net::TcpStream::connect(&self.authority),
         )
         .await
-        .map_err(|_| UpstreamError::Connect("connect timed out".into()))?
-        .map_err(|e| UpstreamError::Connect(e.to_string()))?;
+        .map_err(|_| UpstreamError::ConnectTimeout)?
+        .map_err(UpstreamError::Connect)?;
         let _ = stream.set_nodelay(true);
         #[cfg(feature = "tls")]
         if let Some(tls) = &self.tls {
@@ -157,14 +179,12 @@ impl Pool {
                 tls.connector.connect(tls.server_name.clone(), stream),
             )
             .await
-            .map_err(|_| UpstreamError::Connect("TLS handshake timed out".into()))?
-            .map_err(|e| UpstreamError::Connect(format!("TLS handshake failed: {e}")))?;
+            .map_err(|_| UpstreamError::TlsTimeout)?
+            .map_err(UpstreamError::Tls)?;
             return Self::handshake(stream).await;
         }
         if self.https {
-            return Err(UpstreamError::Connect(
-                "no TLS client for this https upstream".into(),
-            ));
+            return Err(UpstreamError::NoTls);
         }
         Self::handshake(stream).await
     }
@@ -177,7 +197,7 @@ impl Pool {
             .max_buf_size(CLIENT_READ_BUFFER)
             .handshake(TokioIo::new(io))
             .await
-            .map_err(|e| UpstreamError::Connect(e.to_string()))?;
+            .map_err(UpstreamError::Handshake)?;
         tokio::spawn(async move {
             if let Err(e) = conn.await {
                 tracing::debug!(error = %e, "upstream connection ended");
@@ -202,9 +222,7 @@ impl Pool {
             };
             if sender.ready().await.is_err() {
                 if fresh {
-                    return Err(UpstreamError::Connect(
-                        "connection closed before the request was sent".into(),
-                    ));
+                    return Err(UpstreamError::ClosedBeforeSend);
                 }
                 stale += 1;
                 continue;
@@ -228,7 +246,7 @@ impl Pool {
                         stale += 1;
                     }
                     Some(_) => {
-                        return Err(UpstreamError::Connect(err.into_error().to_string()));
+                        return Err(UpstreamError::NotSent(err.into_error()));
                     }
                     None => return Err(UpstreamError::Exchange(err.into_error())),
                 },

@@ -1,67 +1,66 @@
 //! Fallback transports for command-only runtimes: a `gateway` in the sandbox and a `relay` on
 //! the host, over a file queue (`queue`) or HTTP/2 on a command's stdio (`stdio`).
 //!
-//! Promise: the agent-facing contract equals `serve`'s (same token, policy, codes); the relay
-//! re-applies the whole policy to everything it receives and never trusts the sandbox; the
-//! upstream credential never enters the sandbox (argv, environment or files).
+//! Promise: the agent-facing contract equals `serve`'s (each role runs the same
+//! [`Pipeline`](crate::pipeline::Pipeline): token, policy, limits, codes); the relay re-applies
+//! the whole policy to everything it receives and never trusts the sandbox; the upstream
+//! credential never enters the sandbox (argv, environment or files).
 
 pub mod queue;
 pub mod stdio;
 
-use crate::cli::{GatewayArgs, QueueHelperArgs, RelayArgs, TransportKind};
-use crate::config::ConfigError;
+use std::path::PathBuf;
 
+use crate::server::ServeError;
+
+/// Why a gateway, a relay or the queue helper stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum TransportError {
-    /// Bad configuration: exit 2.
     #[error(transparent)]
-    Config(#[from] ConfigError),
-    /// Bad usage: exit 2 with this one-line reason.
-    #[error("{0}")]
-    Usage(String),
-    /// Any other fatal error: exit 1.
-    #[error("{0}")]
-    Fatal(String),
+    Serve(#[from] ServeError),
+    #[error("cannot create queue directory {path}: {source}")]
+    QueueDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot reach the sandbox queue after {attempts} attempts: {source}")]
+    SandboxUnreachable {
+        attempts: u32,
+        source: queue::exec::CommandFailure,
+    },
+    #[error("another relay announced itself in relay.json; this one stops")]
+    AnotherRelay,
+    #[error("sandbox commands have failed for {secs} s: {source}")]
+    SandboxLost {
+        secs: u64,
+        source: queue::exec::CommandFailure,
+    },
+    /// Bad arguments to the hidden `queue` helper (exit 2).
+    #[error("queue helper: {0}")]
+    HelperUsage(String),
+    #[error("queue helper {op}: {source}")]
+    Helper { op: String, source: std::io::Error },
+    /// A malformed `--handshake stdin` line (exit 2).
+    #[error("--handshake stdin: {0}")]
+    HandshakeInput(#[source] stdio::handshake::HandshakeError),
+    #[error("--handshake stdin: {0}")]
+    Handshake(#[source] stdio::handshake::HandshakeError),
+    #[error("the HTTP/2 session with the relay ended")]
+    SessionEnded,
+    #[error("cannot generate a nonce: {0}")]
+    Nonce(#[source] std::io::Error),
     #[error(transparent)]
-    Serve(#[from] crate::server::ServeError),
+    Launch(#[from] stdio::relay::LaunchError),
+    #[error("the stdio channel was lost {lost} times within {window_secs} s; giving up")]
+    RestartBudget { lost: usize, window_secs: u64 },
 }
 
-/// Resolves the transport from the flag/env, or Paperclip's `PAPERCLIP_API_BRIDGE_MODE`.
-pub fn transport_kind(flag: Option<TransportKind>) -> Result<TransportKind, TransportError> {
-    if let Some(kind) = flag {
-        return Ok(kind);
+impl TransportError {
+    /// 2 for bad input on the command line or stdin, 1 for everything else.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            TransportError::HelperUsage(_) | TransportError::HandshakeInput(_) => 2,
+            _ => 1,
+        }
     }
-    match std::env::var("PAPERCLIP_API_BRIDGE_MODE") {
-        Ok(mode) => match mode.as_str() {
-            "queue_v1" => Ok(TransportKind::Queue),
-            "http2_v1" => Ok(TransportKind::Stdio),
-            other => Err(TransportError::Usage(format!(
-                "Unsupported PAPERCLIP_API_BRIDGE_MODE: {other}"
-            ))),
-        },
-        Err(_) => Err(TransportError::Usage(
-            "--transport queue|stdio is required (or PAPERCLIP_API_BRIDGE_MODE)".into(),
-        )),
-    }
-}
-
-/// `callback-bridge gateway`.
-pub fn gateway(args: GatewayArgs) -> Result<(), TransportError> {
-    match transport_kind(args.transport)? {
-        TransportKind::Queue => queue::gateway(args),
-        TransportKind::Stdio => stdio::gateway(args),
-    }
-}
-
-/// `callback-bridge relay`.
-pub fn relay(args: RelayArgs) -> Result<(), TransportError> {
-    match transport_kind(args.transport)? {
-        TransportKind::Queue => queue::relay(args),
-        TransportKind::Stdio => stdio::relay(args),
-    }
-}
-
-/// `callback-bridge queue …` (hidden): sandbox-side helper operations.
-pub fn queue_helper(args: QueueHelperArgs) -> Result<(), TransportError> {
-    queue::helper(args)
 }

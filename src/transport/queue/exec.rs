@@ -14,6 +14,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::Command;
 
 use super::scripts;
+use crate::config::Scrub;
 
 /// Longest run of one command (SPEC §6.1). The idle wait inside the sandbox is 5 s; the rest is
 /// room for a slow exec channel (a `kubectl exec` through a busy API server) and large bodies.
@@ -42,40 +43,46 @@ pub enum ExecError {
 pub struct Output {
     pub stdout: Vec<u8>,
     pub success: bool,
+    /// How the command exited (`exit status: 1`, `signal: 9`).
+    pub status: std::process::ExitStatus,
     /// The start of stderr, for diagnostics (sandbox-controlled text: log it, never trust it).
     pub stderr: String,
+}
+
+/// Why a sandbox command gave the relay nothing usable.
+#[derive(Debug, thiserror::Error)]
+pub enum CommandFailure {
+    #[error(transparent)]
+    Exec(#[from] ExecError),
+    /// It ran and failed, or its output ended early. `stderr` is sandbox-controlled text.
+    #[error("the {what} command failed ({status}): {stderr}")]
+    Failed {
+        what: &'static str,
+        status: std::process::ExitStatus,
+        stderr: String,
+    },
+}
+
+impl CommandFailure {
+    pub fn failed(what: &'static str, out: &Output) -> CommandFailure {
+        CommandFailure::Failed {
+            what,
+            status: out.status,
+            stderr: out.stderr.trim().to_owned(),
+        }
+    }
 }
 
 /// The exec prefix and the environment hygiene of every spawned command.
 #[derive(Debug, Clone)]
 pub struct Runner {
     prefix: Vec<String>,
-    scrub: Vec<String>,
-}
-
-/// Environment variables removed from every spawned command: all of `CALLBACK_BRIDGE_*` (the
-/// default credential and token variables live there) plus the names configured for the upstream
-/// credential and the bridge token, and Paperclip's token variable.
-pub fn secret_env_names(configured: &[&str]) -> Vec<String> {
-    let mut names: Vec<String> = std::env::vars_os()
-        .filter_map(|(k, _)| k.into_string().ok())
-        .filter(|k| k.starts_with("CALLBACK_BRIDGE_"))
-        .collect();
-    for extra in configured.iter().copied().chain([
-        "CALLBACK_BRIDGE_UPSTREAM_TOKEN",
-        "CALLBACK_BRIDGE_TOKEN",
-        "PAPERCLIP_BRIDGE_TOKEN",
-    ]) {
-        if !names.iter().any(|n| n == extra) {
-            names.push(extra.to_owned());
-        }
-    }
-    names
+    scrub: Scrub,
 }
 
 impl Runner {
     /// `prefix` is non-empty (clap requires the command after `--`).
-    pub fn new(prefix: Vec<String>, scrub: Vec<String>) -> Runner {
+    pub fn new(prefix: Vec<String>, scrub: Scrub) -> Runner {
         Runner { prefix, scrub }
     }
 
@@ -107,9 +114,7 @@ impl Runner {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
-        for name in &self.scrub {
-            cmd.env_remove(name);
-        }
+        self.scrub.apply(&mut cmd);
         let mut child = cmd.spawn().map_err(|source| ExecError::Spawn {
             program: program.to_owned(),
             source,
@@ -175,6 +180,7 @@ impl Runner {
             Ok(Ok((stdout, stderr, status))) => Ok(Output {
                 stdout,
                 success: status.success(),
+                status,
                 stderr: String::from_utf8_lossy(&stderr).into_owned(),
             }),
         }
@@ -191,7 +197,7 @@ mod tests {
 
     #[tokio::test]
     async fn runs_the_script_with_stdin_and_reports_failure() {
-        let r = Runner::new(sh(), vec![]);
+        let r = Runner::new(sh(), Scrub::default());
         let out = r
             .run(
                 "cat; echo done; exit 3".into(),
@@ -206,7 +212,7 @@ mod tests {
 
     #[tokio::test]
     async fn stops_a_command_that_prints_too_much() {
-        let r = Runner::new(sh(), vec![]);
+        let r = Runner::new(sh(), Scrub::default());
         let started = std::time::Instant::now();
         let err = r
             .run("while :; do echo xxxxxxxxxxxxxxxx; done".into(), None, 1000)
@@ -221,7 +227,7 @@ mod tests {
 
     #[tokio::test]
     async fn removes_the_scrubbed_variables() {
-        let r = Runner::new(sh(), vec!["HOME".to_owned(), "PATH".to_owned()]);
+        let r = Runner::new(sh(), Scrub::names(&["HOME", "PATH"]));
         // `env` shows what the command inherited (sh itself re-creates a default PATH).
         let out = r
             .run("/usr/bin/env; echo end".into(), None, 1 << 20)
@@ -235,18 +241,5 @@ mod tests {
                 .any(|l| l.starts_with("HOME=") || l.starts_with("PATH=")),
             "{text}"
         );
-    }
-
-    #[test]
-    fn secret_names_cover_the_configured_variables() {
-        let names = secret_env_names(&["MY_KEY"]);
-        for n in [
-            "MY_KEY",
-            "CALLBACK_BRIDGE_UPSTREAM_TOKEN",
-            "CALLBACK_BRIDGE_TOKEN",
-            "PAPERCLIP_BRIDGE_TOKEN",
-        ] {
-            assert!(names.iter().any(|x| x == n), "{n}");
-        }
     }
 }

@@ -22,32 +22,22 @@ use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue, CONTENT_TYPE};
 use http::{Method, Response, StatusCode};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use tokio::sync::{oneshot, Notify};
 
 use super::file::{
     self, decode_body, encode_body, envelope_limit, FileError, RelayAnnouncement, RequestFile,
     ResponseFile, CLAIMED_SUFFIX, CLAIMS_PROTOCOL, JSON_SUFFIX,
 };
-use crate::cli::GatewayArgs;
-use crate::config::{Config, DurationArg};
-use crate::limits::{BodyState, BoxFuture, GuardedBody};
+use crate::body::{self, BodyState, BridgeBody, GuardedBody};
+use crate::config::QueueGatewayConfig;
+use crate::dispatch::{Allowed, Dispatch, ForwardError, Forwarded, Hop, RequestBody};
+use crate::pipeline::{LocalEndpoints, Pipeline, PipelineSettings};
 use crate::policy::{Allow, BodyKind, Deny, DenyCode, HeaderRules};
-use crate::proxy::respond::{self, X_BRIDGE_ERROR, X_OUTCOME};
-use crate::proxy::{unknown_outcome, BridgeBody, Forwarded};
-use crate::server::{self, Dispatch, ServeError, ServerSettings};
-use crate::telemetry::{self, Metrics};
+use crate::respond::{X_BRIDGE_ERROR, X_OUTCOME};
+use crate::server::{self, AgentSide, ServeError, ServeHooks};
+use crate::telemetry::Metrics;
 use crate::transport::TransportError;
 
-/// How long the gateway waits for a response (SPEC §6.1; Paperclip's default).
-pub const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(30);
-/// Interval of the response scan (SPEC §6.1: "a poll of at most 10 ms"). Paperclip's
-/// `PAPERCLIP_BRIDGE_POLL_INTERVAL_MS=100` is accepted and capped to this.
-pub const MAX_POLL_INTERVAL: Duration = Duration::from_millis(10);
-/// Lower bound of the scan interval: a `readdir` per millisecond is already plenty.
-pub const MIN_POLL_INTERVAL: Duration = Duration::from_millis(1);
-/// Request files that may wait at once (SPEC §6.1; Paperclip's default).
-pub const DEFAULT_MAX_QUEUE_DEPTH: usize = 64;
 /// A file is stale once it is this much older than the response timeout: its gateway has given
 /// up by then (Paperclip's sweep uses the same 2 s).
 pub const STALE_GRACE: Duration = Duration::from_secs(2);
@@ -120,136 +110,37 @@ pub struct QueueSettings {
     pub max_queue_depth: usize,
 }
 
-/// Reads Paperclip's gateway variables (SPEC §6) into the options that are still unset: they
-/// rank with the environment, below flags and `CALLBACK_BRIDGE_*`, above the config file.
-pub fn apply_paperclip_env(
-    args: &mut GatewayArgs,
-    env: &dyn Fn(&str) -> Option<String>,
-) -> Result<(), TransportError> {
-    let get = |k: &str| env(k).filter(|v| !v.trim().is_empty());
-    let number = |k: &str| -> Result<Option<u64>, TransportError> {
-        get(k)
-            .map(|v| {
-                v.trim()
-                    .parse::<u64>()
-                    .map_err(|_| TransportError::Usage(format!("{k}: {v:?} is not a number")))
-            })
-            .transpose()
-    };
-    if args.queue_dir.is_none() {
-        args.queue_dir = get("PAPERCLIP_BRIDGE_QUEUE_DIR").map(PathBuf::from);
-    }
-    let o = &mut args.options;
-    if o.listen.is_none() {
-        let host = get("PAPERCLIP_BRIDGE_HOST");
-        let port = number("PAPERCLIP_BRIDGE_PORT")?;
-        if host.is_some() || port.is_some() {
-            let port = u16::try_from(port.unwrap_or(0)).map_err(|_| {
-                TransportError::Usage("PAPERCLIP_BRIDGE_PORT is not a port number".into())
-            })?;
-            let host = host.unwrap_or_else(|| "127.0.0.1".into());
-            o.listen = Some(if host.contains(':') && !host.starts_with('[') {
-                format!("[{host}]:{port}")
-            } else {
-                format!("{host}:{port}")
-            });
-        }
-    }
-    if o.max_body_bytes.is_none() {
-        o.max_body_bytes = number("PAPERCLIP_BRIDGE_MAX_BODY_BYTES")?;
-    }
-    if args.response_timeout.is_none() {
-        args.response_timeout = number("PAPERCLIP_BRIDGE_RESPONSE_TIMEOUT_MS")?
-            .map(|ms| DurationArg(Duration::from_millis(ms)));
-    }
-    if args.poll_interval.is_none() {
-        args.poll_interval = number("PAPERCLIP_BRIDGE_POLL_INTERVAL_MS")?
-            .map(|ms| DurationArg(Duration::from_millis(ms)));
-    }
-    if args.max_queue_depth.is_none() {
-        args.max_queue_depth = number("PAPERCLIP_BRIDGE_MAX_QUEUE_DEPTH")?.map(|n| n as usize);
-    }
-    Ok(())
-}
-
-/// `callback-bridge gateway --transport queue`.
-pub fn run(mut args: GatewayArgs) -> Result<(), TransportError> {
-    apply_paperclip_env(&mut args, &|k| std::env::var(k).ok())?;
-    let mut opts = std::mem::take(&mut args.options).with_file()?;
-    // The bridge token: `CALLBACK_BRIDGE_TOKEN` (or the configured source) first, then
-    // Paperclip's `PAPERCLIP_BRIDGE_TOKEN`; generated when neither is set.
-    let set = |k: &str| std::env::var(k).is_ok_and(|v| !v.is_empty());
-    if opts.token_env.is_none()
-        && opts.token_file.is_none()
-        && !set(crate::config::DEFAULT_TOKEN_ENV)
-        && set("PAPERCLIP_BRIDGE_TOKEN")
-    {
-        opts.token_env = Some("PAPERCLIP_BRIDGE_TOKEN".into());
-    }
-    telemetry::init_logging(&crate::config::log_config(&opts));
-    let config = Config::load(opts)?;
-    let root = args.queue_dir.clone().ok_or_else(|| {
-        TransportError::Usage("--queue-dir (or PAPERCLIP_BRIDGE_QUEUE_DIR) is required".into())
-    })?;
-    let response_timeout = args
-        .response_timeout
-        .map_or(DEFAULT_RESPONSE_TIMEOUT, |d| d.0);
-    if response_timeout.is_zero() {
-        return Err(TransportError::Usage(
-            "response_timeout must be greater than zero".into(),
-        ));
-    }
-    let max_queue_depth = args.max_queue_depth.unwrap_or(DEFAULT_MAX_QUEUE_DEPTH);
-    if max_queue_depth == 0 {
-        return Err(TransportError::Usage(
-            "max_queue_depth must be greater than zero".into(),
-        ));
-    }
-    let poll_interval = args
-        .poll_interval
-        .map_or(MAX_POLL_INTERVAL, |d| d.0)
-        .clamp(MIN_POLL_INTERVAL, MAX_POLL_INTERVAL);
+/// `callback-bridge gateway --transport queue`: creates the queue directories and serves the
+/// agent until a stop reason.
+pub async fn run(config: QueueGatewayConfig) -> Result<(), TransportError> {
+    let QueueGatewayConfig {
+        listener,
+        token,
+        common,
+        queue_dir,
+        response_timeout,
+        poll_interval,
+        max_queue_depth,
+    } = config;
     let settings = QueueSettings {
-        dirs: Dirs::new(root),
+        dirs: Dirs::new(queue_dir),
         response_timeout,
         poll_interval,
         max_queue_depth,
     };
-    settings.dirs.create().map_err(|e| {
-        TransportError::Fatal(format!(
-            "cannot create queue directory {}: {e}",
-            settings.dirs.root.display()
-        ))
-    })?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| TransportError::Fatal(format!("cannot start the runtime: {e}")))?;
-    let result = runtime.block_on(serve(config, settings));
-    runtime.shutdown_background();
-    result.map(|_| ())
-}
-
-/// Runs the gateway until a stop reason (also used by tests and benchmarks in-process).
-pub async fn serve(
-    config: Config,
-    settings: QueueSettings,
-) -> Result<server::ExitReason, TransportError> {
+    settings
+        .dirs
+        .create()
+        .map_err(|source| TransportError::QueueDir {
+            path: settings.dirs.root.clone(),
+            source,
+        })?;
     let metrics = Arc::new(Metrics::default());
-    let Config {
-        listen,
-        token,
-        token_generated,
-        policy,
-        limits,
-        lifecycle,
-        ..
-    } = config;
     let shared = Arc::new(Shared {
-        envelope: envelope_limit(limits.max_body_bytes),
-        max_body_bytes: limits.max_body_bytes,
-        body_idle_timeout: limits.body_idle_timeout,
-        response_headers: policy.headers.clone(),
+        envelope: envelope_limit(common.limits.max_body_bytes),
+        max_body_bytes: common.limits.max_body_bytes,
+        body_idle_timeout: common.limits.body_idle_timeout,
+        response_headers: common.policy.headers.clone(),
         publish_lock: tokio::sync::Mutex::new(()),
         waiters: Mutex::new(HashMap::new()),
         wake: Notify::new(),
@@ -258,23 +149,24 @@ pub async fn serve(
     });
     tokio::spawn(watch_responses(shared.clone()));
     tokio::spawn(sweep_periodically(shared.clone()));
-    let server_settings = ServerSettings {
-        listen,
-        token,
-        token_generated,
-        policy,
-        limits,
-        lifecycle,
-    };
-    let dirs = shared.settings.dirs.clone();
-    let reason = server::serve_with(
-        server_settings,
-        QueueGateway(shared),
+    let pipeline = Pipeline::new(
+        PipelineSettings::new(&common, Some(token.token.clone()), LocalEndpoints::Answer),
+        QueueGateway(shared.clone()),
         metrics,
-        move |addr| write_readiness(&dirs, addr),
-    )
-    .await?;
-    Ok(reason)
+    );
+    let dirs = shared.settings.dirs.clone();
+    let hooks = ServeHooks {
+        on_bound: Some(Box::new(move |addr| write_readiness(&dirs, addr))),
+        ..ServeHooks::default()
+    };
+    let agent = AgentSide {
+        listener,
+        token,
+        lifecycle: common.lifecycle,
+        drain_timeout: common.limits.drain_timeout,
+    };
+    server::serve(agent, pipeline, hooks).await?;
+    Ok(())
 }
 
 /// `ready.json` (Paperclip's keys) and `server.pid`, both published atomically.
@@ -322,17 +214,11 @@ struct Shared {
 pub struct QueueGateway(Arc<Shared>);
 
 impl Dispatch for QueueGateway {
-    fn dispatch(
+    fn dispatch<B: RequestBody>(
         &self,
-        method: Method,
-        allow: Allow,
-        body: Incoming,
-        req_state: Arc<BodyState>,
-        deadline: BoxFuture<()>,
-    ) -> impl std::future::Future<Output = Result<Forwarded, Deny>> + Send {
-        self.0
-            .clone()
-            .handle(method, allow, body, req_state, deadline)
+        req: Allowed<B>,
+    ) -> impl std::future::Future<Output = Result<Forwarded, ForwardError>> + Send {
+        self.0.clone().handle(req)
     }
 
     fn describe(&self) -> String {
@@ -388,19 +274,23 @@ impl Shared {
             .remove(id);
     }
 
-    async fn handle(
+    async fn handle<B: RequestBody>(
         self: Arc<Self>,
-        method: Method,
-        allow: Allow,
-        body: Incoming,
-        req_state: Arc<BodyState>,
-        mut deadline: BoxFuture<()>,
-    ) -> Result<Forwarded, Deny> {
+        req: Allowed<B>,
+    ) -> Result<Forwarded, ForwardError> {
+        let Allowed {
+            method,
+            allow,
+            body,
+            req_state,
+            mut deadline,
+            ..
+        } = req;
         let bytes = match allow.body {
             BodyKind::None => Bytes::new(),
             BodyKind::Length(_) | BodyKind::Chunked => tokio::select! {
                 read = read_body(body, allow.max_body_bytes, self.body_idle_timeout, req_state) => read?,
-                () = &mut deadline => return Err(shutting_down()),
+                () = &mut deadline => return Err(ForwardError::ShuttingDown { sent: false }),
             },
         };
         let id = uuid::Uuid::now_v7().to_string();
@@ -427,29 +317,22 @@ impl Shared {
             () = &mut deadline => Waited::Deadline,
         };
         let result = match waited {
-            Waited::Answer => self.consume(&id, &method).await,
+            Waited::Answer => self.consume(&id).await,
             Waited::Timeout | Waited::Deadline => {
                 let deadline = matches!(waited, Waited::Deadline);
                 match self.withdraw(&id) {
-                    Withdrawn::Answered => self.consume(&id, &method).await,
+                    Withdrawn::Answered => self.consume(&id).await,
+                    // The relay never took it: not sent.
                     Withdrawn::NeverTaken if self.relay_claims() => Err(if deadline {
-                        shutting_down()
+                        ForwardError::ShuttingDown { sent: false }
                     } else {
-                        Deny::new(
-                            DenyCode::BridgeUnavailable,
-                            "The relay did not take the request in time; it was not sent",
-                        )
+                        ForwardError::Unsent {
+                            hop: Hop::Relay,
+                            source: None,
+                        }
                     }),
-                    _ if deadline => Err(unknown_outcome(
-                        &method,
-                        DenyCode::ShuttingDown,
-                        "The bridge is shutting down",
-                    )),
-                    _ => Err(unknown_outcome(
-                        &method,
-                        DenyCode::BridgeTimeout,
-                        "No response from the relay in time",
-                    )),
+                    _ if deadline => Err(ForwardError::ShuttingDown { sent: true }),
+                    _ => Err(ForwardError::TimedOut { hop: Hop::Relay }),
                 }
             }
         };
@@ -461,7 +344,7 @@ impl Shared {
     }
 
     /// Counts waiting requests (sweeping stale ones when the queue is full), then publishes.
-    async fn publish(&self, id: &str, bytes: Vec<u8>) -> Result<(), Deny> {
+    async fn publish(&self, id: &str, bytes: Vec<u8>) -> Result<(), ForwardError> {
         let _guard = self.publish_lock.lock().await;
         let dirs = &self.settings.dirs;
         let max = self.settings.max_queue_depth;
@@ -469,10 +352,10 @@ impl Shared {
             let stale = self.settings.response_timeout + STALE_GRACE;
             sweep(&dirs.requests, |name| name_is(name, JSON_SUFFIX), stale);
             if count_waiting(&dirs.requests) >= max {
-                return Err(Deny::new(
+                return Err(ForwardError::Refused(Deny::new(
                     DenyCode::QueueFull,
                     "Bridge request queue is full",
-                ));
+                )));
             }
         }
         let path = dirs.request(id);
@@ -496,17 +379,14 @@ impl Shared {
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 Ok(())
             }
-            Ok(Err(e)) => {
-                tracing::error!(error = %e, "cannot write the request file");
-                Err(Deny::new(
-                    DenyCode::BridgeUnavailable,
-                    "The request could not be queued; it was not sent",
-                ))
-            }
-            Err(_) => Err(Deny::new(
-                DenyCode::BridgeUnavailable,
-                "The request could not be queued; it was not sent",
-            )),
+            Ok(Err(e)) => Err(ForwardError::Unsent {
+                hop: Hop::Relay,
+                source: Some(Box::new(e)),
+            }),
+            Err(e) => Err(ForwardError::Unsent {
+                hop: Hop::Relay,
+                source: Some(Box::new(e)),
+            }),
         }
     }
 
@@ -543,7 +423,7 @@ impl Shared {
 
     /// Reads and removes the response file (and any leftover request or claim), then builds the
     /// agent's answer.
-    async fn consume(&self, id: &str, method: &Method) -> Result<Response<BridgeBody>, Deny> {
+    async fn consume(&self, id: &str) -> Result<Response<BridgeBody>, ForwardError> {
         let dirs = &self.settings.dirs;
         let (path, request, claimed) = (dirs.response(id), dirs.request(id), dirs.claimed(id));
         let envelope = self.envelope;
@@ -560,45 +440,28 @@ impl Shared {
             Ok(b) => b,
             Err(ReadError::TooLarge(size)) => {
                 tracing::warn!(size, "response file exceeds the envelope limit");
-                return Err(unknown_outcome(
-                    method,
-                    DenyCode::ResponseTooLarge,
-                    "The relay's response is larger than the bridge's limit",
-                ));
+                return Err(ForwardError::ResponseTooLarge { hop: Hop::Relay });
             }
             Err(ReadError::Io(e)) => {
-                tracing::warn!(error = %e, "cannot read the response file");
-                return Err(unknown_outcome(
-                    method,
-                    DenyCode::UpstreamError,
-                    "The relay's response could not be read",
-                ));
+                return Err(ForwardError::BadResponse {
+                    hop: Hop::Relay,
+                    source: Some(Box::new(e)),
+                });
             }
         };
-        self.answer(id, method, &bytes)
+        self.answer(id, &bytes)
     }
 
     /// Turns a response file into the agent's response.
-    fn answer(
-        &self,
-        id: &str,
-        method: &Method,
-        bytes: &[u8],
-    ) -> Result<Response<BridgeBody>, Deny> {
-        let unreadable = |e: FileError| {
-            tracing::warn!(error = %e, "invalid response file");
-            match e {
-                FileError::EnvelopeTooLarge { .. } | FileError::BodyTooLarge(_) => unknown_outcome(
-                    method,
-                    DenyCode::ResponseTooLarge,
-                    "The relay's response is larger than the bridge's limit",
-                ),
-                _ => unknown_outcome(
-                    method,
-                    DenyCode::UpstreamError,
-                    "The relay's response could not be read",
-                ),
+    fn answer(&self, id: &str, bytes: &[u8]) -> Result<Response<BridgeBody>, ForwardError> {
+        let unreadable = |e: FileError| match e {
+            FileError::EnvelopeTooLarge { .. } | FileError::BodyTooLarge(_) => {
+                ForwardError::ResponseTooLarge { hop: Hop::Relay }
             }
+            e => ForwardError::BadResponse {
+                hop: Hop::Relay,
+                source: Some(Box::new(e)),
+            },
         };
         let file = ResponseFile::parse(bytes, id, self.envelope).map_err(unreadable)?;
         let body = decode_body(
@@ -611,7 +474,7 @@ impl Shared {
             .headers
             .get(X_OUTCOME)
             .is_some_and(|v| v.trim().eq_ignore_ascii_case("indeterminate"));
-        let mut response = Response::new(respond::full(body));
+        let mut response = Response::new(body::full(body));
         *response.status_mut() = if indeterminate {
             StatusCode::CONFLICT
         } else {
@@ -644,39 +507,29 @@ impl Shared {
     }
 }
 
-fn shutting_down() -> Deny {
-    Deny::new(DenyCode::ShuttingDown, "The bridge is shutting down")
-}
-
 /// Reads the agent's body into memory, bounded by the route's limit.
-async fn read_body(
-    body: Incoming,
+async fn read_body<B: RequestBody>(
+    body: B,
     max: u64,
     idle: Duration,
     state: Arc<BodyState>,
-) -> Result<Bytes, Deny> {
+) -> Result<Bytes, ForwardError> {
     match GuardedBody::new(body, max, idle, state.clone())
         .collect()
         .await
     {
         Ok(collected) => Ok(collected.to_bytes()),
-        Err(_) if state.too_large() => Err(Deny::new(
-            DenyCode::BodyTooLarge,
-            "Request body exceeds the size limit of this route",
-        )),
-        Err(_) if state.idle_timed_out() => Err(Deny::new(
-            DenyCode::BodyTimeout,
-            "Request body stalled longer than the body idle timeout",
-        )),
-        Err(_) => Err(Deny::new(
-            DenyCode::BadRequest,
-            "Request body could not be read",
-        )),
+        Err(_) => Err(ForwardError::body(&state)),
     }
 }
 
 /// The request file for an allowed request.
-fn request_file(id: &str, method: &Method, allow: &Allow, body: &[u8]) -> Result<Vec<u8>, Deny> {
+fn request_file(
+    id: &str,
+    method: &Method,
+    allow: &Allow,
+    body: &[u8],
+) -> Result<Vec<u8>, ForwardError> {
     let (path, query) = match allow.target.find('?') {
         Some(i) => (&allow.target[..i], &allow.target[i..]),
         None => (allow.target.as_str(), ""),
@@ -686,10 +539,10 @@ fn request_file(id: &str, method: &Method, allow: &Allow, body: &[u8]) -> Result
         let mut joined = String::new();
         for value in allow.headers.get_all(name) {
             let text = value.to_str().map_err(|_| {
-                Deny::new(
+                ForwardError::Refused(Deny::new(
                     DenyCode::BadRequest,
                     format!("Header {name} is not valid text"),
-                )
+                ))
             })?;
             if !joined.is_empty() {
                 joined.push_str(", ");
@@ -841,60 +694,6 @@ async fn sweep_periodically(shared: Arc<Shared>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cli::ProxyOptions;
-
-    fn args() -> GatewayArgs {
-        GatewayArgs {
-            transport: None,
-            queue_dir: None,
-            handshake: None,
-            response_timeout: None,
-            poll_interval: None,
-            max_queue_depth: None,
-            options: ProxyOptions::default(),
-        }
-    }
-
-    #[test]
-    fn paperclip_variables_fill_unset_options() {
-        let env = |k: &str| {
-            Some(
-                match k {
-                    "PAPERCLIP_BRIDGE_QUEUE_DIR" => "/q",
-                    "PAPERCLIP_BRIDGE_HOST" => "127.0.0.1",
-                    "PAPERCLIP_BRIDGE_PORT" => "0",
-                    "PAPERCLIP_BRIDGE_RESPONSE_TIMEOUT_MS" => "1500",
-                    "PAPERCLIP_BRIDGE_POLL_INTERVAL_MS" => "100",
-                    "PAPERCLIP_BRIDGE_MAX_QUEUE_DEPTH" => "8",
-                    "PAPERCLIP_BRIDGE_MAX_BODY_BYTES" => "1024",
-                    _ => return None,
-                }
-                .to_owned(),
-            )
-        };
-        let mut a = args();
-        apply_paperclip_env(&mut a, &env).unwrap();
-        assert_eq!(a.queue_dir.as_deref(), Some(Path::new("/q")));
-        assert_eq!(a.options.listen.as_deref(), Some("127.0.0.1:0"));
-        assert_eq!(a.response_timeout.unwrap().0, Duration::from_millis(1500));
-        assert_eq!(a.max_queue_depth, Some(8));
-        assert_eq!(a.options.max_body_bytes, Some(1024));
-
-        let mut flags = args();
-        flags.options.listen = Some("127.0.0.1:9".into());
-        flags.max_queue_depth = Some(3);
-        apply_paperclip_env(&mut flags, &env).unwrap();
-        assert_eq!(flags.options.listen.as_deref(), Some("127.0.0.1:9"));
-        assert_eq!(flags.max_queue_depth, Some(3));
-    }
-
-    #[test]
-    fn bad_paperclip_numbers_are_usage_errors() {
-        let env = |k: &str| (k == "PAPERCLIP_BRIDGE_PORT").then(|| "99999".to_owned());
-        assert!(apply_paperclip_env(&mut args(), &env).is_err());
-        let env = |k: &str| (k == "PAPERCLIP_BRIDGE_MAX_QUEUE_DEPTH").then(|| "x".to_owned());
-        assert!(apply_paperclip_env(&mut args(), &env).is_err());
-    }
 
     #[test]
     fn request_files_split_path_and_query_and_join_headers() {

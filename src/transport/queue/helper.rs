@@ -34,7 +34,7 @@ struct Opts {
 }
 
 fn usage(msg: impl Into<String>) -> TransportError {
-    TransportError::Usage(format!("queue helper: {}", msg.into()))
+    TransportError::HelperUsage(msg.into())
 }
 
 fn parse(args: &[String]) -> Result<Opts, TransportError> {
@@ -88,7 +88,10 @@ pub fn run(args: &[String]) -> Result<(), TransportError> {
     };
     result
         .and_then(|()| out.flush())
-        .map_err(|e| TransportError::Fatal(format!("queue helper {op}: {e}")))
+        .map_err(|source| TransportError::Helper {
+            op: op.clone(),
+            source,
+        })
 }
 
 /// Regular files in `dir` named `<valid id><suffix>`, oldest first (mtime, then name).

@@ -16,30 +16,11 @@
 //! this binary (`--sandbox-helper`), [`exec`] running one command with a time cap and a scrubbed
 //! environment.
 
-pub mod exec;
+pub(crate) mod exec;
 pub mod file;
-pub mod gateway;
-pub mod helper;
+pub(crate) mod gateway;
+pub(crate) mod helper;
 #[doc(hidden)]
 pub mod invariants;
-pub mod relay;
-pub mod scripts;
-
-use crate::cli::{GatewayArgs, QueueHelperArgs, RelayArgs};
-
-use super::TransportError;
-
-/// `callback-bridge gateway --transport queue`.
-pub fn gateway(args: GatewayArgs) -> Result<(), TransportError> {
-    gateway::run(args)
-}
-
-/// `callback-bridge relay --transport queue -- <exec prefix…>`.
-pub fn relay(args: RelayArgs) -> Result<(), TransportError> {
-    relay::run(args)
-}
-
-/// `callback-bridge queue take|start|put …` (hidden): the sandbox helper.
-pub fn helper(args: QueueHelperArgs) -> Result<(), TransportError> {
-    helper::run(&args.args)
-}
+pub(crate) mod relay;
+pub(crate) mod scripts;

@@ -13,32 +13,32 @@
 //! size-capped), a hung or dead exec channel (30 s cap per command, backoff, bounded retries).
 
 use std::collections::{HashSet, VecDeque};
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::header::{HeaderName, HeaderValue, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
-use http::{HeaderMap, Method, StatusCode};
+use http::header::{HeaderName, HeaderValue, CONNECTION, CONTENT_LENGTH};
+use http::{HeaderMap, Method, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use tokio::task::{JoinHandle, JoinSet};
 
-use super::exec::{secret_env_names, ExecError, Output, Runner};
+use super::exec::{CommandFailure, ExecError, Output, Runner};
 use super::file::{
     self, decode_body, encode_body, envelope_limit, FileError, RelayAnnouncement, RequestFile,
     ResponseFile, CLAIMS_PROTOCOL,
 };
 use super::scripts::{self, Announcement, Ops, PutOutput, TakeOutput, TakeParams, Taken};
-use crate::cli::RelayArgs;
-use crate::config::Config;
-use crate::lifecycle::{self, Activity, ExitReason};
-use crate::limits::{BodyError, BodyState, RateLimit};
-use crate::policy::{Allow, Decision, Deny, DenyCode, Policy, RequestHead, TokenCheck};
-use crate::proxy::respond::{deny_body, X_BRIDGE_ERROR, X_OUTCOME};
-use crate::proxy::{is_safe, unknown_outcome, Forwarder};
+use crate::body::{self, BodyError};
+use crate::config::QueueRelayConfig;
+use crate::dispatch::{is_safe, Allowed, Dispatch, ForwardError, Forwarded, Hop, RequestBody};
+use crate::lifecycle::ExitReason;
+use crate::pipeline::{Inbound, LocalEndpoints, Pipeline, PipelineSettings, Target};
+use crate::policy::{Deny, DenyCode};
+use crate::proxy::Forwarder;
+use crate::respond::{X_BRIDGE_ERROR, X_REQUEST_ID};
 use crate::server::print_line;
-use crate::telemetry::{self, Metrics};
+use crate::telemetry::{Logged, Metrics};
 use crate::transport::TransportError;
 
 /// Requests forwarded at the same time (SPEC §6.1). More would only queue at the upstream.
@@ -72,94 +72,81 @@ pub const EARLY_EMPTY_PAUSE: Duration = Duration::from_secs(1);
 /// Largest put output: a marker line per response.
 const PUT_STDOUT_CAP: usize = 64 * 1024;
 
-/// `callback-bridge relay --transport queue`.
-pub fn run(args: RelayArgs) -> Result<(), TransportError> {
-    let opts = args.options.with_file()?;
-    telemetry::init_logging(&crate::config::log_config(&opts));
-    let scrub = secret_env_names(&[
-        opts.upstream_token_env
-            .as_deref()
-            .unwrap_or(crate::config::DEFAULT_UPSTREAM_TOKEN_ENV),
-        opts.token_env
-            .as_deref()
-            .unwrap_or(crate::config::DEFAULT_TOKEN_ENV),
-    ]);
-    let config = Config::load(opts)?;
-    let dir = args
-        .queue_dir
-        .ok_or_else(|| TransportError::Usage("--queue-dir is required".into()))?;
-    let dir = dir
-        .to_str()
-        .filter(|d| !d.is_empty() && !d.contains('\0'))
-        .ok_or_else(|| TransportError::Usage("--queue-dir must be UTF-8 text".into()))?
-        .to_owned();
-    if args.command.is_empty() {
-        return Err(TransportError::Usage(
-            "the exec prefix is required after `--` (e.g. `-- sh -c`)".into(),
-        ));
-    }
-    let ops = match args.sandbox_helper {
-        Some(path) if !path.is_empty() => Ops::Helper(path),
-        _ => Ops::Sh,
-    };
-    let runner = Runner::new(args.command, scrub);
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| TransportError::Fatal(format!("cannot start the runtime: {e}")))?;
-    let result = runtime.block_on(relay(config, dir, ops, runner));
-    runtime.shutdown_background();
-    result.map(|_| ())
-}
-
 /// What the relay loop shares with its forwarding tasks.
 struct Core {
     dir: String,
     ops: Ops,
     runner: Runner,
-    policy: Policy,
-    forwarder: Forwarder,
-    rate: RateLimit,
-    metrics: Arc<Metrics>,
+    /// Every request file goes through this pipeline (no token: files carry none; the gateway
+    /// checked it), its dispatcher forwarding upstream.
+    pipeline: Arc<Pipeline<FileForwarder>>,
     max_body_bytes: u64,
     envelope: u64,
     /// This relay's `relay.json` (protocol, pid, start time): written at start-up, and checked
     /// by every take before it claims.
     announcement: String,
-    deadline: watch::Receiver<bool>,
-    activity: Arc<Activity>,
 }
 
-/// What the access log says about one request file.
-struct Meta {
-    id: String,
-    method: Method,
-    route: Option<Arc<str>>,
-    req_bytes: usize,
-    /// The query's keys only (values are never logged).
-    query_keys: String,
-    received: Instant,
-}
+/// Marks a request found claimed by a previous relay (after a crash or `kill -9`): a mutation
+/// may already have been forwarded once, so it is never forwarded again.
+#[derive(Debug, Clone, Copy)]
+struct Recovered;
 
-impl Meta {
-    fn new(id: &str, received: Instant) -> Meta {
-        Meta {
-            id: id.to_owned(),
-            method: Method::POST,
-            route: None,
-            req_bytes: 0,
-            query_keys: String::new(),
-            received,
+/// The queue relay's dispatcher: the forwarder, with the recovery rule, and the response read
+/// whole (bounded by the body limit), since it becomes one response file.
+pub struct FileForwarder(Forwarder);
+
+impl FileForwarder {
+    async fn forward<B: RequestBody>(&self, req: Allowed<B>) -> Result<Forwarded, ForwardError> {
+        if req.extensions.get::<Recovered>().is_some() && !is_safe(&req.method) {
+            return Err(ForwardError::Refused(Deny::new(
+                DenyCode::OutcomeIndeterminate,
+                "The relay restarted while this request was in flight; it may or may not have been applied",
+            )));
         }
+        let forwarded = self.0.dispatch(req).await?;
+        let (parts, body) = forwarded.response.into_parts();
+        let bytes = match body.collect().await {
+            Ok(collected) => collected.to_bytes(),
+            Err(BodyError::TooLarge(_)) => {
+                return Err(ForwardError::ResponseTooLarge { hop: Hop::Upstream })
+            }
+            Err(e) => {
+                return Err(ForwardError::BadResponse {
+                    hop: Hop::Upstream,
+                    source: Some(Box::new(e)),
+                })
+            }
+        };
+        Ok(Forwarded {
+            response: Response::from_parts(parts, body::full(bytes)),
+            upstream_time: forwarded.upstream_time,
+        })
     }
 }
 
-/// A request that passed the policy, waiting for a forwarding slot.
-struct Job {
-    meta: Meta,
-    allow: Allow,
-    body: Bytes,
+impl Dispatch for FileForwarder {
+    fn dispatch<B: RequestBody>(
+        &self,
+        req: Allowed<B>,
+    ) -> impl std::future::Future<Output = Result<Forwarded, ForwardError>> + Send {
+        self.forward(req)
+    }
+
+    fn describe(&self) -> String {
+        self.0.describe()
+    }
 }
+
+/// A request file taken from the sandbox, waiting for a forwarding slot: the request, or the
+/// transport's refusal of an unreadable file.
+struct Job {
+    id: String,
+    request: FileRequest,
+}
+
+/// A request read from a file, or the refusal (with the method, when it was readable).
+type FileRequest = Result<Inbound<Full<Bytes>>, (Method, Deny)>;
 
 /// A response file waiting to be written into the sandbox.
 struct Ready {
@@ -169,56 +156,49 @@ struct Ready {
     attempts: u32,
 }
 
-enum Prepared {
-    Answer(Ready),
-    Forward(Box<Job>),
-    /// Nothing to answer (the gateway withdrew the request).
-    Drop,
-}
-
-/// Runs the relay until a stop reason; prints the ready and exit lines.
-pub async fn relay(
-    config: Config,
-    dir: String,
-    ops: Ops,
-    runner: Runner,
-) -> Result<ExitReason, TransportError> {
-    let metrics = Arc::new(Metrics::default());
-    let Config {
+/// `callback-bridge relay --transport queue -- <exec prefix…>`: runs until a stop reason; prints
+/// the ready and exit lines.
+pub async fn run(config: QueueRelayConfig) -> Result<(), TransportError> {
+    let QueueRelayConfig {
         target,
-        policy,
-        limits,
-        lifecycle,
-        ..
+        common,
+        queue_dir,
+        sandbox_helper,
+        command,
+        scrub,
     } = config;
-    let forwarder = Forwarder::new(target, policy.headers.clone(), &limits, metrics.clone());
-    let (deadline_tx, deadline_rx) = watch::channel(false);
+    let metrics = Arc::new(Metrics::default());
+    let forwarder = Forwarder::new(
+        target,
+        common.policy.headers.clone(),
+        &common.limits,
+        metrics.clone(),
+    );
+    let pipeline = Arc::new(Pipeline::new(
+        PipelineSettings::new(&common, None, LocalEndpoints::NotFound),
+        FileForwarder(forwarder),
+        metrics.clone(),
+    ));
     let core = Arc::new(Core {
-        dir,
-        ops,
-        runner,
-        policy,
-        forwarder,
-        rate: RateLimit::new(limits.rate),
-        metrics: metrics.clone(),
-        max_body_bytes: limits.max_body_bytes,
-        envelope: envelope_limit(limits.max_body_bytes),
+        dir: queue_dir,
+        ops: sandbox_helper.map_or(Ops::Sh, Ops::Helper),
+        runner: Runner::new(command, scrub),
+        pipeline,
+        max_body_bytes: common.limits.max_body_bytes,
+        envelope: envelope_limit(common.limits.max_body_bytes),
         announcement: serde_json::to_string(&RelayAnnouncement {
             protocol: CLAIMS_PROTOCOL.to_owned(),
             pid: std::process::id(),
             started_at: file::now_iso8601(),
         })
         .unwrap_or_default(),
-        deadline: deadline_rx,
-        activity: Arc::default(),
     });
 
     let recovered = start_up(&core).await?;
     // Watchers (signal handlers included) exist before the ready line: a SIGTERM right after
     // readiness must stop the relay cleanly, not kill it.
     let (stop_tx, stop_rx) = mpsc::channel(4);
-    // Requests are forwarded inside the relay's own loop, which the idle check never interrupts.
-    lifecycle::spawn_watchers(&lifecycle, core.activity.clone(), || false, stop_tx);
+    core.pipeline.watch_lifecycle(&common.lifecycle, stop_tx);
     #[derive(serde::Serialize)]
     struct ReadyLine<'a> {
         event: &'static str,
@@ -233,14 +213,14 @@ pub async fn relay(
         pid: std::process::id(),
     })
     .unwrap_or_default();
-    print_line(&line).map_err(TransportError::from)?;
-    tracing::info!(queue = %core.dir, prefix = ?core.runner.prefix(), to = %core.forwarder.upstream().display(), "relay ready");
+    print_line(&line)?;
+    tracing::info!(queue = %core.dir, prefix = ?core.runner.prefix(), to = %core.pipeline.dispatcher().describe(), "relay ready");
 
-    let mut lp = Loop::new(core.clone(), stop_rx, deadline_tx, limits.drain_timeout);
+    let mut lp = Loop::new(core.clone(), stop_rx, common.limits.drain_timeout);
     lp.accept(recovered, true);
     let reason = lp.run().await?;
-    print_line(&metrics.exit_line(reason.as_str())).map_err(TransportError::from)?;
-    Ok(reason)
+    print_line(&metrics.exit_line(reason.as_str()))?;
+    Ok(())
 }
 
 fn take_params(core: &Core, wait: Duration) -> TakeParams {
@@ -265,7 +245,7 @@ fn take_stdout_cap(core: &Core) -> usize {
 /// The start-up command: directories, `relay.json`, and claims left by a previous relay.
 async fn start_up(core: &Arc<Core>) -> Result<TakeOutput, TransportError> {
     let mut delay = BACKOFF_START;
-    let mut last_error = String::new();
+    let mut last_error = None;
     for attempt in 1..=STARTUP_ATTEMPTS {
         let script = scripts::start(
             &core.ops,
@@ -279,19 +259,22 @@ async fn start_up(core: &Arc<Core>) -> Result<TakeOutput, TransportError> {
                 if out.success && parsed.complete {
                     return Ok(parsed);
                 }
-                last_error = format!("start-up command failed: {}", out.stderr.trim());
+                last_error = Some(CommandFailure::failed("start-up", &out));
             }
-            Err(e) => last_error = e.to_string(),
+            Err(e) => last_error = Some(CommandFailure::Exec(e)),
         }
-        tracing::warn!(attempt, error = %last_error, "relay start-up failed");
+        if let Some(e) = &last_error {
+            tracing::warn!(attempt, error = %e, "relay start-up failed");
+        }
         if attempt < STARTUP_ATTEMPTS {
             tokio::time::sleep(delay).await;
             delay = (delay * 2).min(BACKOFF_MAX);
         }
     }
-    Err(TransportError::Fatal(format!(
-        "cannot reach the sandbox queue: {last_error}"
-    )))
+    Err(TransportError::SandboxUnreachable {
+        attempts: STARTUP_ATTEMPTS,
+        source: last_error.unwrap_or(CommandFailure::Exec(ExecError::Timeout(Duration::ZERO))),
+    })
 }
 
 /// A sandbox command running in its own task.
@@ -301,7 +284,8 @@ type Command = JoinHandle<Result<Output, ExecError>>;
 struct Loop {
     core: Arc<Core>,
     stop_rx: mpsc::Receiver<ExitReason>,
-    deadline_tx: watch::Sender<bool>,
+    /// Whether the drain deadline passed (the pipeline was told).
+    deadline_passed: bool,
     drain_timeout: Duration,
     /// Ids taken and not yet answered (or given up on): never taken twice.
     in_progress: HashSet<String>,
@@ -324,17 +308,12 @@ struct Loop {
 }
 
 impl Loop {
-    fn new(
-        core: Arc<Core>,
-        stop_rx: mpsc::Receiver<ExitReason>,
-        deadline_tx: watch::Sender<bool>,
-        drain_timeout: Duration,
-    ) -> Loop {
+    fn new(core: Arc<Core>, stop_rx: mpsc::Receiver<ExitReason>, drain_timeout: Duration) -> Loop {
         let now = Instant::now();
         Loop {
             core,
             stop_rx,
-            deadline_tx,
+            deadline_passed: false,
             drain_timeout,
             in_progress: HashSet::new(),
             backlog: VecDeque::new(),
@@ -359,13 +338,11 @@ impl Loop {
             if !self.in_progress.insert(item.id().to_owned()) {
                 continue;
             }
-            self.core.activity.touch();
             let id = item.id().to_owned();
             match prepare(&self.core, item, recovered) {
-                Prepared::Answer(ready) => self.ready.push(ready),
-                Prepared::Forward(job) => self.backlog.push_back(*job),
+                Some(request) => self.backlog.push_back(Job { id, request }),
                 // Not ours to answer now; a recovery may find it again (a cut-off output).
-                Prepared::Drop => {
+                None => {
                     self.in_progress.remove(&id);
                 }
             }
@@ -384,14 +361,14 @@ impl Loop {
             && self.ready.is_empty()
     }
 
-    fn note_failure(&mut self, what: &str, error: &str) -> Result<(), TransportError> {
+    fn note_failure(&mut self, what: &str, error: CommandFailure) -> Result<(), TransportError> {
         let since = *self.failing_since.get_or_insert_with(Instant::now);
-        tracing::warn!(command = what, error, "sandbox command failed");
+        tracing::warn!(command = what, error = %error, "sandbox command failed");
         if since.elapsed() >= TRANSPORT_LOSS_LIMIT {
-            return Err(TransportError::Fatal(format!(
-                "sandbox commands have failed for {} s: {error}",
-                since.elapsed().as_secs()
-            )));
+            return Err(TransportError::SandboxLost {
+                secs: since.elapsed().as_secs(),
+                source: error,
+            });
         }
         Ok(())
     }
@@ -409,12 +386,20 @@ impl Loop {
             let Some(job) = self.backlog.pop_front() else {
                 break;
             };
-            if self.stopping.is_some() {
+            let job = if self.stopping.is_some() {
+                let method = match &job.request {
+                    Ok(inbound) => inbound.method.clone(),
+                    Err((method, _)) => method.clone(),
+                };
                 let deny = Deny::new(DenyCode::ShuttingDown, "The relay is shutting down");
-                self.ready.push(answer(&self.core, &job.meta, &deny));
-                continue;
-            }
-            self.forwarding.spawn(forward(self.core.clone(), job));
+                Job {
+                    id: job.id,
+                    request: Err((method, deny)),
+                }
+            } else {
+                job
+            };
+            self.forwarding.spawn(handle(self.core.clone(), job));
         }
 
         let batch_done = self.forwarding.is_empty() && self.backlog.is_empty();
@@ -515,25 +500,22 @@ impl Loop {
         started: Instant,
         recovery: bool,
     ) -> Result<(), TransportError> {
+        let what = if recovery { "recovery" } else { "take" };
         let (out, error) = match result {
             Ok(out) => {
                 let parsed = scripts::parse_take(&out.stdout);
-                let error = (!out.success || !parsed.complete)
-                    .then(|| format!("exit failure: {}", out.stderr.trim()));
+                let error =
+                    (!out.success || !parsed.complete).then(|| CommandFailure::failed(what, &out));
                 (parsed, error)
             }
-            Err(e) => (TakeOutput::default(), Some(e.to_string())),
+            Err(e) => (TakeOutput::default(), Some(CommandFailure::Exec(e))),
         };
         let empty = out.items.is_empty();
         let complete = out.complete;
         let announcement = out.announcement;
         self.accept(out, recovery);
         match announcement {
-            Some(Announcement::Other) => {
-                return Err(TransportError::Fatal(
-                    "another relay announced itself in relay.json; this one stops".into(),
-                ))
-            }
+            Some(Announcement::Other) => return Err(TransportError::AnotherRelay),
             Some(Announcement::Missing) => {
                 tracing::warn!("relay.json vanished from the queue; announcing again");
                 self.announce_needed = true;
@@ -545,7 +527,7 @@ impl Loop {
             self.recovery_needed = true;
             self.take_failures += 1;
             self.take_not_before = Instant::now() + Self::backoff(self.take_failures);
-            return self.note_failure(if recovery { "recover" } else { "take" }, &error);
+            return self.note_failure(what, error);
         }
         debug_assert!(complete);
         self.take_failures = 0;
@@ -566,11 +548,11 @@ impl Loop {
         let (out, error) = match result {
             Ok(out) => {
                 let parsed = scripts::parse_put(&out.stdout);
-                let error = (!out.success || !parsed.complete)
-                    .then(|| format!("exit failure: {}", out.stderr.trim()));
+                let error =
+                    (!out.success || !parsed.complete).then(|| CommandFailure::failed("put", &out));
                 (parsed, error)
             }
-            Err(e) => (PutOutput::default(), Some(e.to_string())),
+            Err(e) => (PutOutput::default(), Some(CommandFailure::Exec(e))),
         };
         for r in batch {
             if out.written.contains(&r.id) {
@@ -591,7 +573,7 @@ impl Loop {
         if let Some(error) = error {
             self.put_failures += 1;
             self.put_not_before = Instant::now() + Self::backoff(self.put_failures);
-            return self.note_failure("put", &error);
+            return self.note_failure("put", error);
         }
         self.put_failures = 0;
         if self.take_failures == 0 {
@@ -622,7 +604,7 @@ impl Loop {
                 consider(self.take_not_before);
             }
             let drain_at = self.stopping.map(|(_, at)| at);
-            let deadline_fired = *self.deadline_tx.borrow();
+            let deadline_fired = self.deadline_passed;
             tokio::select! {
                 r = async { (&mut self.take.as_mut().expect("take").0).await }, if self.take.is_some() => {
                     let (_, started, recovery) = self.take.take().expect("take");
@@ -646,7 +628,8 @@ impl Loop {
                 }
                 () = tokio::time::sleep_until(drain_at.unwrap_or(now).into()), if drain_at.is_some() && !deadline_fired => {
                     // In-flight forwards answer now (503, or 409 for dispatched mutations).
-                    let _ = self.deadline_tx.send(true);
+                    self.core.pipeline.pass_deadline();
+                    self.deadline_passed = true;
                 }
                 () = tokio::time::sleep_until(wake.unwrap_or(now).into()), if wake.is_some() => {}
             }
@@ -654,40 +637,38 @@ impl Loop {
     }
 }
 
-/// Checks one taken file: envelope, wire format, body encoding, then the whole policy.
-fn prepare(core: &Core, item: Taken, recovered: bool) -> Prepared {
-    core.metrics.requests.fetch_add(1, Ordering::Relaxed);
-    let mut meta = Meta::new(item.id(), Instant::now());
+/// Reads one taken file: envelope, wire format, body encoding and header syntax. The result goes
+/// through the pipeline (the whole policy, then forwarding) or, if the file is unreadable, is
+/// refused through it; `None` when there is nothing to answer (the file vanished).
+fn prepare(core: &Core, item: Taken, recovered: bool) -> Option<FileRequest> {
+    // The method is unknown until the file is read; a refusal of an unreadable file is logged
+    // as a POST (it could be a mutation).
+    let refuse = |deny: Deny| Some(Err((Method::POST, deny)));
     let bytes = match item {
         Taken::Unreadable { id } => {
             tracing::info!(request_id = %id, "request file vanished after it was claimed");
-            return Prepared::Drop;
+            return None;
         }
         Taken::TooLarge { id, size } => {
             tracing::warn!(request_id = %id, size, "request envelope too large");
-            let deny = Deny::new(
+            return refuse(Deny::new(
                 DenyCode::BodyTooLarge,
                 "Bridge request envelope exceeded the configured size limit",
-            );
-            return Prepared::Answer(answer(core, &meta, &deny));
+            ));
         }
-        Taken::File { bytes, .. } => bytes,
+        Taken::File { id, bytes } => (id, bytes),
     };
-    meta.req_bytes = bytes.len();
-    let file = match RequestFile::parse(&bytes, &meta.id, core.envelope) {
+    let (id, bytes) = bytes;
+    let file = match RequestFile::parse(&bytes, &id, core.envelope) {
         Ok(f) => f,
-        Err(e) => return Prepared::Answer(answer(core, &meta, &file_deny(&e))),
+        Err(e) => return refuse(file_deny(&e)),
     };
     drop(bytes);
-    meta.method = match Method::from_bytes(file.method.as_bytes()) {
-        Ok(m) => m,
-        Err(_) => {
-            let deny = Deny::new(
-                DenyCode::BadRequest,
-                "Invalid bridge request payload: method",
-            );
-            return Prepared::Answer(answer(core, &meta, &deny));
-        }
+    let Ok(method) = Method::from_bytes(file.method.as_bytes()) else {
+        return refuse(Deny::new(
+            DenyCode::BadRequest,
+            "Invalid bridge request payload: method",
+        ));
     };
     let body = match decode_body(
         &file.body,
@@ -695,58 +676,23 @@ fn prepare(core: &Core, item: Taken, recovered: bool) -> Prepared {
         core.max_body_bytes,
     ) {
         Ok(b) => Bytes::from(b),
-        Err(e) => return Prepared::Answer(answer(core, &meta, &file_deny(&e))),
+        Err(e) => return Some(Err((method, file_deny(&e)))),
     };
-    meta.req_bytes = body.len();
     let headers = match file_headers(&file, body.len()) {
         Ok(h) => h,
-        Err(deny) => return Prepared::Answer(answer(core, &meta, &deny)),
+        Err(deny) => return Some(Err((method, deny))),
     };
-    let target = file.target();
-    let head = RequestHead {
-        method: &meta.method,
-        target: &target,
-        headers: &headers,
-    };
-    let decision = core.policy.evaluate(&head, TokenCheck::Skip);
-    let allow = match decision {
-        Decision::Allow(allow) => allow,
-        Decision::Deny(deny) => return Prepared::Answer(answer(core, &meta, &deny)),
-        Decision::Local(_) => {
-            let deny = Deny::new(
-                DenyCode::NotFound,
-                "Bridge-local paths are answered by the gateway, not carried over the queue",
-            );
-            return Prepared::Answer(answer(core, &meta, &deny));
-        }
-    };
-    meta.route = Some(allow.route_id.clone());
-    meta.query_keys = telemetry::query_keys(&allow.target);
-    if recovered && !is_safe(&meta.method) {
-        let deny = Deny::new(
-            DenyCode::OutcomeIndeterminate,
-            "The relay restarted while this request was in flight; it may or may not have been applied",
-        );
-        return Prepared::Answer(answer(core, &meta, &deny));
+    let mut extensions = http::Extensions::new();
+    if recovered {
+        extensions.insert(Recovered);
     }
-    if let Err(retry_after) = core.rate.check() {
-        let deny = Deny::new(DenyCode::RateLimited, "Rate limit exceeded");
-        let mut ready = answer(core, &meta, &deny);
-        ready.json = with_retry_after(&ready.json, retry_after);
-        return Prepared::Answer(ready);
-    }
-    Prepared::Forward(Box::new(Job { meta, allow, body }))
-}
-
-fn with_retry_after(json: &[u8], secs: u64) -> Vec<u8> {
-    match serde_json::from_slice::<ResponseFile>(json) {
-        Ok(mut f) => {
-            f.headers
-                .insert(RETRY_AFTER.as_str().to_owned(), secs.to_string());
-            f.to_bytes()
-        }
-        Err(_) => json.to_vec(),
-    }
+    Some(Ok(Inbound {
+        method,
+        target: Target::Text(file.target()),
+        headers,
+        extensions,
+        body: Full::new(body),
+    }))
 }
 
 /// The denial for a file that failed the wire-format checks.
@@ -802,126 +748,47 @@ fn file_headers(file: &RequestFile, body_len: usize) -> Result<HeaderMap, Deny> 
     Ok(headers)
 }
 
-/// A response file for a denial, with the access log and metrics. An indeterminate outcome is
-/// written as 504 + `x-paperclip-bridge-outcome: indeterminate` (Paperclip's host convention;
-/// every gateway turns it into 409).
-fn answer(core: &Core, meta: &Meta, deny: &Deny) -> Ready {
-    let indeterminate = deny.code == DenyCode::OutcomeIndeterminate;
-    let status = if indeterminate {
-        StatusCode::GATEWAY_TIMEOUT
-    } else {
-        deny.code.status()
-    };
-    let mut headers = std::collections::BTreeMap::new();
-    headers.insert(
-        CONTENT_TYPE.as_str().to_owned(),
-        "application/json".to_owned(),
-    );
-    headers.insert(X_BRIDGE_ERROR.to_owned(), deny.code.as_str().to_owned());
-    if indeterminate {
-        headers.insert(X_OUTCOME.to_owned(), "indeterminate".to_owned());
-    }
-    let body = deny_body(deny);
-    log_outcome(
-        core,
-        meta,
-        status.as_u16(),
-        Some(deny.code),
-        body.len(),
-        None,
-    );
-    let file = ResponseFile {
-        id: meta.id.clone(),
-        status: status.as_u16(),
-        headers,
-        body: String::from_utf8_lossy(&body).into_owned(),
-        body_encoding: None,
-        completed_at: file::now_iso8601(),
+/// Runs one request file through the pipeline and turns the answer into a response file.
+async fn handle(core: Arc<Core>, job: Job) -> Ready {
+    let response = match job.request {
+        Ok(inbound) => core.pipeline.handle(inbound).await,
+        Err((method, refusal)) => core.pipeline.reject(&method, refusal),
     };
     Ready {
-        id: meta.id.clone(),
-        json: file.to_bytes(),
+        json: response_file(&job.id, response).await,
+        id: job.id,
         since: Instant::now(),
         attempts: 0,
     }
 }
 
-/// One access-log event and the outcome metrics for a request file.
-fn log_outcome(
-    core: &Core,
-    meta: &Meta,
-    status: u16,
-    code: Option<DenyCode>,
-    resp_bytes: usize,
-    upstream: Option<Duration>,
-) {
-    core.metrics
-        .record_outcome(meta.route.as_ref(), status, code);
-    let route = meta.route.as_deref().unwrap_or("-");
-    tracing::info!(
-        target: "access",
-        request_id = %meta.id,
-        method = %meta.method,
-        route,
-        status,
-        code = code.map_or("", DenyCode::as_str),
-        req_bytes = meta.req_bytes,
-        resp_bytes,
-        total_ms = meta.received.elapsed().as_secs_f64() * 1e3,
-        upstream_ms = upstream.map(|d| d.as_secs_f64() * 1e3),
-        query_keys = %meta.query_keys,
-        "request"
-    );
-}
-
-/// Forwards one allowed request and turns the result into a response file.
-async fn forward(core: Arc<Core>, job: Job) -> Ready {
-    let Job { meta, allow, body } = job;
-    let req_state = Arc::new(BodyState::default());
-    let deadline = {
-        let mut rx = core.deadline.clone();
-        async move {
-            let _ = rx.wait_for(|d| *d).await;
-        }
-    };
-    let result = core
-        .forwarder
-        .forward(
-            meta.method.clone(),
-            allow,
-            Full::new(body),
-            req_state,
-            deadline,
-        )
-        .await;
-    let (parts, incoming, upstream_time) = match result {
-        Ok(fwd) => {
-            let (parts, body) = fwd.response.into_parts();
-            (parts, body, fwd.upstream_time)
-        }
-        Err(deny) => return answer(&core, &meta, &deny),
-    };
-    let bytes = match incoming.collect().await {
-        Ok(c) => c.to_bytes(),
-        Err(e) => {
-            core.metrics.upstream_errors.fetch_add(1, Ordering::Relaxed);
-            let deny = match e {
-                BodyError::TooLarge(_) => unknown_outcome(
-                    &meta.method,
-                    DenyCode::ResponseTooLarge,
-                    "The upstream response is larger than the bridge's limit",
-                ),
-                _ => unknown_outcome(
-                    &meta.method,
-                    DenyCode::UpstreamError,
-                    "The upstream response body failed",
-                ),
-            };
-            return answer(&core, &meta, &deny);
-        }
+/// The response file for an answer. A bridge-made `outcome_indeterminate` is written as 504 +
+/// `x-paperclip-bridge-outcome: indeterminate` (Paperclip's host convention; every gateway turns
+/// it into 409). Reading the body to its end also writes the access-log line.
+async fn response_file(id: &str, response: Response<Logged>) -> Vec<u8> {
+    let (parts, body) = response.into_parts();
+    // Every body here is already in memory (bridge-made, or read whole by `FileForwarder`).
+    let bytes = body
+        .collect()
+        .await
+        .map(|c| c.to_bytes())
+        .unwrap_or_default();
+    let indeterminate = parts.status == StatusCode::CONFLICT
+        && parts
+            .headers
+            .get(X_BRIDGE_ERROR)
+            .is_some_and(|v| v == DenyCode::OutcomeIndeterminate.as_str());
+    let status = if indeterminate {
+        StatusCode::GATEWAY_TIMEOUT
+    } else {
+        parts.status
     };
     let mut headers = std::collections::BTreeMap::new();
     for name in parts.headers.keys() {
+        // Connection management is each hop's own; the request id is the relay's.
+        if name == CONNECTION || name == X_REQUEST_ID {
+            continue;
+        }
         let values: Vec<&str> = parts
             .headers
             .get_all(name)
@@ -932,29 +799,16 @@ async fn forward(core: Arc<Core>, job: Job) -> Ready {
             headers.insert(name.as_str().to_owned(), values.join(", "));
         }
     }
-    log_outcome(
-        &core,
-        &meta,
-        parts.status.as_u16(),
-        None,
-        bytes.len(),
-        Some(upstream_time),
-    );
     let (body, body_encoding) = encode_body(&bytes);
-    let file = ResponseFile {
-        id: meta.id.clone(),
-        status: parts.status.as_u16(),
+    ResponseFile {
+        id: id.to_owned(),
+        status: status.as_u16(),
         headers,
         body,
         body_encoding,
         completed_at: file::now_iso8601(),
-    };
-    Ready {
-        id: meta.id,
-        json: file.to_bytes(),
-        since: Instant::now(),
-        attempts: 0,
     }
+    .to_bytes()
 }
 
 #[cfg(test)]

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::header::{HeaderValue, AUTHORIZATION, CONNECTION, CONTENT_LENGTH};
 use http::{HeaderMap, Method, Request, Response, StatusCode, Uri};
-use http_body_util::{BodyExt, Empty};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -29,19 +29,17 @@ use super::{
     ready, AUTHORITY, CONNECTION_WINDOW_BYTES, MAX_CONCURRENT_STREAMS, MAX_HEADER_LIST_BYTES,
     PING_INTERVAL, PING_TIMEOUT, STREAM_WINDOW_BYTES,
 };
-use crate::cli::{self, GatewayArgs, Lifeline, ProxyOptions};
-use crate::config::{self, Config};
-use crate::limits::{BodyState, BoxFuture, GuardedBody};
-use crate::policy::{Allow, BodyKind, Deny, DenyCode};
-use crate::proxy::respond::{X_BRIDGE_ERROR, X_OUTCOME, X_REQUEST_ID};
-use crate::proxy::{unknown_outcome, BridgeBody, Forwarded};
-use crate::server::{self, Dispatch, ExitReason, LineSink, ServeHooks, ServerSettings};
-use crate::telemetry::{self, Metrics};
+use crate::body::{self, BodyState, BoxError, BridgeBody, GuardedBody};
+use crate::config::{StdioGatewayConfig, StdioHandshake, TokenConfig};
+use crate::dispatch::{Allowed, Dispatch, ForwardError, Forwarded, Hop, RequestBody};
+use crate::lifecycle::ExitReason;
+use crate::pipeline::{LocalEndpoints, Pipeline, PipelineSettings};
+use crate::policy::{Allow, BodyKind, DenyCode};
+use crate::respond::{X_BRIDGE_ERROR, X_OUTCOME, X_REQUEST_ID};
+use crate::server::{self, AgentSide, LineSink, ServeHooks};
+use crate::telemetry::Metrics;
 use crate::transport::TransportError;
 
-/// How long the gateway waits for the relay's response head. Longer than the relay's default
-/// `upstream_timeout` (30 s) so that the relay's own, more precise answer (504/409) wins the race.
-pub const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(35);
 /// How long a request may wait for the session to come up after the listener was bound (the
 /// session starts immediately after the READY line; only a wedged stdout takes longer).
 const SESSION_START_WAIT: Duration = Duration::from_secs(10);
@@ -50,139 +48,6 @@ const SESSION_START_WAIT: Duration = Duration::from_secs(10);
 const PORT_WAIT: Duration = Duration::from_secs(5);
 /// Pause between attempts to bind a port that is still in use.
 const PORT_RETRY_INTERVAL: Duration = Duration::from_millis(50);
-
-// Paperclip's gateway environment (SPEC §6), read only where no flag or `CALLBACK_BRIDGE_*`
-// variable gave the value.
-/// Listen host (default `127.0.0.1`), used together with [`PAPERCLIP_PORT_ENV`].
-const PAPERCLIP_HOST_ENV: &str = "PAPERCLIP_BRIDGE_HOST";
-/// Listen port; makes `listen` = `PAPERCLIP_BRIDGE_HOST:PAPERCLIP_BRIDGE_PORT`.
-const PAPERCLIP_PORT_ENV: &str = "PAPERCLIP_BRIDGE_PORT";
-/// `max_body_bytes`.
-const PAPERCLIP_MAX_BODY_ENV: &str = "PAPERCLIP_BRIDGE_MAX_BODY_BYTES";
-/// `--response-timeout`, in milliseconds.
-const PAPERCLIP_RESPONSE_TIMEOUT_ENV: &str = "PAPERCLIP_BRIDGE_RESPONSE_TIMEOUT_MS";
-
-/// `callback-bridge gateway --transport stdio`.
-pub fn run(args: GatewayArgs) -> Result<(), TransportError> {
-    let GatewayArgs {
-        handshake,
-        response_timeout,
-        mut options,
-        ..
-    } = args;
-    apply_paperclip_aliases(&mut options)?;
-    let options = options.with_file()?;
-    if options.lifeline == Some(Lifeline::Stdin) {
-        return Err(TransportError::Usage(
-            "--lifeline stdin cannot be used with --transport stdio: stdin carries the session, \
-             whose end already stops the gateway"
-                .into(),
-        ));
-    }
-    telemetry::init_logging(&config::log_config(&options));
-    let response_timeout = match response_timeout {
-        Some(d) if !d.0.is_zero() => d.0,
-        Some(_) => {
-            return Err(TransportError::Usage(
-                "--response-timeout must be > 0".into(),
-            ))
-        }
-        None => paperclip_response_timeout()?.unwrap_or(DEFAULT_RESPONSE_TIMEOUT),
-    };
-    let config = Config::load(options)?;
-    if config.listen.port() == 0 {
-        return Err(TransportError::Usage(
-            "the stdio gateway needs a fixed port (--listen 127.0.0.1:PORT or \
-             PAPERCLIP_BRIDGE_PORT): the agent's URL must stay the same when the relay restarts it"
-                .into(),
-        ));
-    }
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| TransportError::Fatal(format!("cannot start the runtime: {e}")))?;
-    let mode = handshake.unwrap_or(cli::Handshake::Env);
-    let result = runtime.block_on(serve(config, mode, response_timeout));
-    // A blocking stdin read (terminal fallback) must not keep the process alive.
-    runtime.shutdown_background();
-    result
-}
-
-/// `PAPERCLIP_BRIDGE_HOST`/`PORT` → `listen`, `PAPERCLIP_BRIDGE_MAX_BODY_BYTES` → `max_body_bytes`.
-fn apply_paperclip_aliases(opts: &mut ProxyOptions) -> Result<(), TransportError> {
-    if opts.listen.is_none() {
-        if let Some(port) = env_nonempty(PAPERCLIP_PORT_ENV) {
-            let port: u16 = port
-                .trim()
-                .parse()
-                .map_err(|_| TransportError::Usage(format!("invalid {PAPERCLIP_PORT_ENV}")))?;
-            let host = env_nonempty(PAPERCLIP_HOST_ENV).unwrap_or_else(|| "127.0.0.1".into());
-            opts.listen = Some(if host.contains(':') {
-                format!("[{host}]:{port}")
-            } else {
-                format!("{host}:{port}")
-            });
-        }
-    }
-    if opts.max_body_bytes.is_none() {
-        if let Some(max) = env_nonempty(PAPERCLIP_MAX_BODY_ENV) {
-            opts.max_body_bytes =
-                Some(max.trim().parse().map_err(|_| {
-                    TransportError::Usage(format!("invalid {PAPERCLIP_MAX_BODY_ENV}"))
-                })?);
-        }
-    }
-    Ok(())
-}
-
-fn paperclip_response_timeout() -> Result<Option<Duration>, TransportError> {
-    env_nonempty(PAPERCLIP_RESPONSE_TIMEOUT_ENV)
-        .map(|ms| match ms.trim().parse::<u64>() {
-            Ok(ms) if ms > 0 => Ok(Duration::from_millis(ms)),
-            _ => Err(TransportError::Usage(format!(
-                "invalid {PAPERCLIP_RESPONSE_TIMEOUT_ENV}"
-            ))),
-        })
-        .transpose()
-}
-
-fn env_nonempty(name: &str) -> Option<String> {
-    std::env::var(name).ok().filter(|v| !v.is_empty())
-}
-
-/// Token and nonce from the environment (`--handshake env`).
-fn handshake_from_env(config: &Config) -> Result<Handshake, TransportError> {
-    let token = if config.token_generated {
-        // Config generated one because none was configured; a gateway must be given its token.
-        let value = env_nonempty(handshake::PAPERCLIP_TOKEN_ENV).ok_or_else(|| {
-            TransportError::Usage(format!(
-                "no bridge token: set {} (or {}), or use --handshake stdin",
-                handshake::TOKEN_ENV,
-                handshake::PAPERCLIP_TOKEN_ENV
-            ))
-        })?;
-        crate::auth::BridgeToken::new(value)
-    } else {
-        config.token.clone()
-    };
-    let nonce = env_nonempty(handshake::NONCE_ENV)
-        .or_else(|| env_nonempty(handshake::PAPERCLIP_NONCE_ENV))
-        .ok_or_else(|| {
-            TransportError::Usage(format!(
-                "no session nonce: set {} (or {}), or use --handshake stdin",
-                handshake::NONCE_ENV,
-                handshake::PAPERCLIP_NONCE_ENV
-            ))
-        })?;
-    if !handshake::valid_nonce(&nonce) {
-        return Err(TransportError::Usage(format!(
-            "invalid {}: at most {} printable characters",
-            handshake::NONCE_ENV,
-            handshake::MAX_NONCE_LEN
-        )));
-    }
-    Ok(Handshake { token, nonce })
-}
 
 /// Waits (bounded) until `addr` can be bound: a gateway restarted by the relay may find its
 /// predecessor still holding the port for a moment.
@@ -199,61 +64,54 @@ async fn wait_for_port(addr: std::net::SocketAddr) {
     }
 }
 
-async fn serve(
-    config: Config,
-    mode: cli::Handshake,
-    response_timeout: Duration,
-) -> Result<(), TransportError> {
+/// `callback-bridge gateway --transport stdio`: serves the agent until the session with the
+/// relay ends (an error: the relay restarts the gateway) or a stop reason.
+pub async fn run(config: StdioGatewayConfig) -> Result<(), TransportError> {
+    let StdioGatewayConfig {
+        listener,
+        common,
+        handshake: source,
+        response_timeout,
+    } = config;
     let stdin = ProcessStdin::open();
     let stdout = ProcessStdout::open();
-    let (hs, stdin, prefix) = match mode {
-        cli::Handshake::Env => (handshake_from_env(&config)?, stdin, Bytes::new()),
-        cli::Handshake::Stdin => handshake::read_line(stdin).await.map_err(|e| match e {
+    let (hs, stdin, prefix) = match source {
+        StdioHandshake::Env { token, nonce } => (Handshake { token, nonce }, stdin, Bytes::new()),
+        StdioHandshake::Stdin => handshake::read_line(stdin).await.map_err(|e| match e {
             handshake::HandshakeError::Malformed(_) | handshake::HandshakeError::TooLong => {
-                TransportError::Usage(format!("--handshake stdin: {e}"))
+                TransportError::HandshakeInput(e)
             }
-            _ => TransportError::Fatal(format!("--handshake stdin: {e}")),
+            _ => TransportError::Handshake(e),
         })?,
     };
-    let Config {
-        listen,
-        policy,
-        limits,
-        lifecycle,
-        ..
-    } = config;
     let mut authorization = HeaderValue::from_str(&format!("Bearer {}", hs.token.expose()))
         .map_err(|_| {
-            TransportError::Usage("the bridge token is not a valid header value".into())
+            TransportError::HandshakeInput(handshake::HandshakeError::Malformed(
+                "the bridge token is not a valid header value",
+            ))
         })?;
     authorization.set_sensitive(true);
 
     let (state_tx, state_rx) = watch::channel(Session::Starting);
     let (lost_tx, lost_rx) = oneshot::channel::<()>();
+    let metrics = Arc::new(Metrics::default());
     let dispatcher = StdioDispatch {
         session: state_rx,
         authorization,
         response_timeout,
-        body_idle_timeout: limits.body_idle_timeout,
-        max_body_bytes: limits.max_body_bytes,
+        body_idle_timeout: common.limits.body_idle_timeout,
+        max_body_bytes: common.limits.max_body_bytes,
     };
-    let settings = ServerSettings {
-        listen,
-        token: hs.token,
-        token_generated: false,
-        policy,
-        limits,
-        lifecycle,
-    };
+    let pipeline = Pipeline::new(
+        PipelineSettings::new(&common, Some(hs.token.clone()), LocalEndpoints::Answer),
+        dispatcher,
+        metrics,
+    );
     let channel = Channel {
         stdin,
         stdout,
         prefix,
         nonce: hs.nonce,
-    };
-    let on_bound = move |_addr| {
-        tokio::spawn(run_session(channel, state_tx, lost_tx));
-        Ok(())
     };
     let hooks = ServeHooks {
         lines: LineSink::Stderr,
@@ -261,13 +119,23 @@ async fn serve(
             let _ = lost_rx.await;
             ExitReason::Transport
         })),
+        on_bound: Some(Box::new(move |_addr| {
+            tokio::spawn(run_session(channel, state_tx, lost_tx));
+            Ok(())
+        })),
     };
-    wait_for_port(listen).await;
-    let metrics = Arc::new(Metrics::default());
-    match server::serve_until(settings, dispatcher, metrics, on_bound, hooks).await? {
-        ExitReason::Transport => Err(TransportError::Fatal(
-            "the HTTP/2 session with the relay ended".into(),
-        )),
+    wait_for_port(listener.addr).await;
+    let agent = AgentSide {
+        listener,
+        token: TokenConfig {
+            token: hs.token,
+            generated: false,
+        },
+        lifecycle: common.lifecycle,
+        drain_timeout: common.limits.drain_timeout,
+    };
+    match server::serve(agent, pipeline, hooks).await? {
+        ExitReason::Transport => Err(TransportError::SessionEnded),
         _ => Ok(()),
     }
 }
@@ -356,15 +224,11 @@ struct StdioDispatch {
 }
 
 impl Dispatch for StdioDispatch {
-    fn dispatch(
+    fn dispatch<B: RequestBody>(
         &self,
-        method: Method,
-        allow: Allow,
-        body: Incoming,
-        req_state: Arc<BodyState>,
-        deadline: BoxFuture<()>,
-    ) -> impl std::future::Future<Output = Result<Forwarded, Deny>> + Send {
-        self.send(method, allow, body, req_state, deadline)
+        req: Allowed<B>,
+    ) -> impl std::future::Future<Output = Result<Forwarded, ForwardError>> + Send {
+        self.send(req)
     }
 
     fn describe(&self) -> String {
@@ -373,11 +237,11 @@ impl Dispatch for StdioDispatch {
 }
 
 /// The request never reached the relay: safe to retry, whatever the method.
-fn not_dispatched() -> Deny {
-    Deny::new(
-        DenyCode::BridgeUnavailable,
-        "The bridge relay is not connected",
-    )
+fn not_dispatched(source: Option<hyper::Error>) -> ForwardError {
+    ForwardError::Unsent {
+        hop: Hop::Relay,
+        source: source.map(|e| Box::new(e) as BoxError),
+    }
 }
 
 /// Whether the relay refused the stream (RFC 9113 §8.7: REFUSED_STREAM means not processed).
@@ -415,52 +279,41 @@ impl StdioDispatch {
         }
     }
 
-    async fn send(
-        &self,
-        method: Method,
-        allow: Allow,
-        body: Incoming,
-        req_state: Arc<BodyState>,
-        deadline: BoxFuture<()>,
-    ) -> Result<Forwarded, Deny> {
+    async fn send<B: RequestBody>(&self, req: Allowed<B>) -> Result<Forwarded, ForwardError> {
+        let Allowed {
+            method,
+            allow,
+            body,
+            req_state,
+            deadline,
+            ..
+        } = req;
         let Some(mut sender) = self.sender().await else {
-            return Err(not_dispatched());
+            return Err(not_dispatched(None));
         };
         let is_head = method == Method::HEAD;
-        let req = self.stream_request(method.clone(), allow, body, req_state.clone())?;
+        let req = self.stream_request(method, allow, body, req_state.clone())?;
         let started = Instant::now();
         let pending = sender.try_send_request(req);
         let result = tokio::select! {
             r = tokio::time::timeout(self.response_timeout, pending) => r,
-            () = deadline => {
-                return Err(unknown_outcome(
-                    &method,
-                    DenyCode::ShuttingDown,
-                    "The bridge is shutting down",
-                ));
-            }
+            () = deadline => return Err(ForwardError::ShuttingDown { sent: true }),
         };
         let upstream_time = started.elapsed();
         let response = match result {
             Ok(Ok(response)) => response,
-            _ if req_state.failed() => return Err(crate::proxy::body_failure(&req_state)),
-            Err(_elapsed) => {
-                return Err(unknown_outcome(
-                    &method,
-                    DenyCode::BridgeTimeout,
-                    "The bridge relay did not answer in time",
-                ))
-            }
-            Ok(Err(err)) => {
-                if err.message().is_some() || refused(err.error()) {
-                    return Err(not_dispatched());
+            _ if req_state.failed() => return Err(ForwardError::body(&req_state)),
+            Err(_elapsed) => return Err(ForwardError::TimedOut { hop: Hop::Relay }),
+            Ok(Err(mut err)) => {
+                let unsent = err.take_message().is_some() || refused(err.error());
+                let err = err.into_error();
+                if unsent {
+                    return Err(not_dispatched(Some(err)));
                 }
-                tracing::warn!(error = %err.error(), "stream to the relay failed");
-                return Err(unknown_outcome(
-                    &method,
-                    DenyCode::BridgeUnavailable,
-                    "The session with the bridge relay ended before a response",
-                ));
+                return Err(ForwardError::MaybeApplied {
+                    hop: Hop::Relay,
+                    source: Some(Box::new(err)),
+                });
             }
         };
         Ok(Forwarded {
@@ -471,21 +324,25 @@ impl StdioDispatch {
 
     /// The HTTP/2 request for one allowed agent request: checked target, token, allowlisted
     /// headers, the agent's body (streamed, under the route's limit).
-    fn stream_request(
+    fn stream_request<B: RequestBody>(
         &self,
         method: Method,
         mut allow: Allow,
-        body: Incoming,
+        body: B,
         req_state: Arc<BodyState>,
-    ) -> Result<Request<BridgeBody>, Deny> {
+    ) -> Result<Request<BridgeBody>, ForwardError> {
+        // The policy only allows canonical origin-form targets; this cannot fail for them.
         let uri = Uri::builder()
             .scheme("http")
             .authority(AUTHORITY)
             .path_and_query(allow.target.as_str())
             .build()
-            .map_err(|_| Deny::new(DenyCode::InvalidPath, "Request target cannot be forwarded"))?;
+            .map_err(|e| ForwardError::Unsent {
+                hop: Hop::Relay,
+                source: Some(Box::new(e)),
+            })?;
         let body: BridgeBody = match allow.body {
-            BodyKind::None => Empty::new().map_err(|never| match never {}).boxed(),
+            BodyKind::None => body::empty(),
             BodyKind::Length(_) | BodyKind::Chunked => GuardedBody::new(
                 body,
                 allow.max_body_bytes,

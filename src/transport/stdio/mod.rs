@@ -11,18 +11,14 @@
 //! and credential leaks (the upstream credential never enters the child's argv or environment; the
 //! bridge token is never in any argv).
 
-pub mod gateway;
-pub mod handshake;
+pub(crate) mod gateway;
+pub(crate) mod handshake;
 pub mod io;
-pub mod peek;
+pub(crate) mod peek;
 pub mod ready;
-pub mod relay;
+pub(crate) mod relay;
 
 use std::time::Duration;
-
-use crate::cli::{GatewayArgs, RelayArgs};
-
-use super::TransportError;
 
 /// Streams the relay serves at once (SPEC §6.2). Bounds the relay's work per sandbox; the
 /// gateway queues further requests inside its HTTP/2 client until a stream frees up.
@@ -46,13 +42,3 @@ pub const STREAM_WINDOW_BYTES: u32 = 1024 * 1024;
 pub const CONNECTION_WINDOW_BYTES: u32 = 4 * 1024 * 1024;
 /// `:authority` of every stream (Paperclip's gateway connects to `http://bridge.internal`).
 pub const AUTHORITY: &str = "bridge.internal";
-
-/// `callback-bridge gateway --transport stdio`.
-pub fn gateway(args: GatewayArgs) -> Result<(), TransportError> {
-    gateway::run(args)
-}
-
-/// `callback-bridge relay --transport stdio -- COMMAND…`.
-pub fn relay(args: RelayArgs) -> Result<(), TransportError> {
-    relay::run(args)
-}

@@ -8,22 +8,13 @@
 use bytes::Bytes;
 use http::header::{HeaderValue, CONNECTION, CONTENT_TYPE, RETRY_AFTER};
 use http::Response;
-use http_body_util::{BodyExt, Full};
 
+use crate::body::{full, BridgeBody};
 use crate::policy::{Deny, DenyCode};
-
-use super::BridgeBody;
 
 pub const X_BRIDGE_ERROR: &str = "x-bridge-error";
 pub const X_REQUEST_ID: &str = "x-request-id";
 pub const X_OUTCOME: &str = "x-paperclip-bridge-outcome";
-
-/// A body from bytes already in memory.
-pub fn full(bytes: impl Into<Bytes>) -> BridgeBody {
-    Full::new(bytes.into())
-        .map_err(|never| match never {})
-        .boxed()
-}
 
 /// The JSON body of a denial (SPEC §4.1, §5).
 pub fn deny_body(deny: &Deny) -> Vec<u8> {
