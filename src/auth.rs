@@ -9,7 +9,7 @@ use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-/// Random bytes in a generated bridge token (SPEC §3): 32 bytes = 256 bits of entropy.
+/// Random bytes in a generated bridge token (docs/reference.md §3): 32 bytes = 256 bits of entropy.
 pub const GENERATED_TOKEN_BYTES: usize = 32;
 
 /// The per-run token the agent presents as `Authorization: Bearer <token>`.

@@ -174,6 +174,22 @@ impl ForwardError {
         ForwardError::Body(BodyFailure::of(state))
     }
 
+    /// Whether the request was handed to the next hop and may have been applied (counted as
+    /// forwarded). A body failure aborted the request mid-way: nothing can have acted on it.
+    pub fn reached_next_hop(&self) -> bool {
+        match self {
+            ForwardError::Refused(_)
+            | ForwardError::Unsent { .. }
+            | ForwardError::Body(_)
+            | ForwardError::ShuttingDown { sent: false } => false,
+            ForwardError::MaybeApplied { .. }
+            | ForwardError::BadResponse { .. }
+            | ForwardError::TimedOut { .. }
+            | ForwardError::ResponseTooLarge { .. }
+            | ForwardError::ShuttingDown { sent: true } => true,
+        }
+    }
+
     /// Whether this counts as an upstream error in the metrics.
     pub fn is_upstream_error(&self) -> bool {
         matches!(

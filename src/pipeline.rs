@@ -187,7 +187,14 @@ impl<D: Dispatch> Pipeline<D> {
                         deadline: Box::pin(deadline_passed(self.deadline.subscribe())),
                         extensions,
                     };
-                    match self.dispatcher.dispatch(allowed).await {
+                    let result = self.dispatcher.dispatch(allowed).await;
+                    if result
+                        .as_ref()
+                        .map_or_else(ForwardError::reached_next_hop, |_| true)
+                    {
+                        self.metrics.forwarded.fetch_add(1, Ordering::Relaxed);
+                    }
+                    match result {
                         Ok(forwarded) => {
                             record.upstream_time = Some(forwarded.upstream_time);
                             forwarded.response

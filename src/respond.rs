@@ -16,7 +16,7 @@ pub const X_BRIDGE_ERROR: &str = "x-bridge-error";
 pub const X_REQUEST_ID: &str = "x-request-id";
 pub const X_OUTCOME: &str = "x-paperclip-bridge-outcome";
 
-/// The JSON body of a denial (SPEC §4.1, §5).
+/// The JSON body of a denial (docs/reference.md §4.1, §5).
 pub fn deny_body(deny: &Deny) -> Vec<u8> {
     #[derive(serde::Serialize)]
     struct Body<'a> {

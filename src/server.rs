@@ -47,7 +47,7 @@ pub enum ServeError {
     Stdout(std::io::Error),
 }
 
-/// The readiness line of SPEC §3, fields in the documented order.
+/// The readiness line of docs/reference.md §3, fields in the documented order.
 #[derive(serde::Serialize)]
 struct ReadyLine<'a> {
     event: &'static str,
@@ -69,10 +69,10 @@ pub fn print_line(line: &str) -> Result<(), ServeError> {
 /// Where the readiness and exit-summary lines of the agent-facing server are written.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum LineSink {
-    /// stdout, where a spawner reads them (SPEC §3).
+    /// stdout, where a spawner reads them (docs/reference.md §3).
     #[default]
     Stdout,
-    /// stderr: for a gateway whose stdout is a protocol channel (stdio transport, SPEC §6.2).
+    /// stderr: for a gateway whose stdout is a protocol channel (stdio transport, docs/reference.md §6.2).
     Stderr,
 }
 

@@ -59,7 +59,7 @@ const ACCESS_TRACING: u8 = 2;
 /// CPU in profiles; the line has the same shape as tracing's other JSON events.
 static ACCESS_MODE: AtomicU8 = AtomicU8::new(ACCESS_TRACING);
 
-/// One access-log event (SPEC §3). Holds no secrets by construction: no token, no credential,
+/// One access-log event (docs/reference.md §3). Holds no secrets by construction: no token, no credential,
 /// no bodies, no query values.
 #[derive(Debug)]
 pub struct AccessLine<'a> {
@@ -554,7 +554,7 @@ impl Metrics {
         out
     }
 
-    /// The exit-summary line of SPEC §3.
+    /// The exit-summary line of docs/reference.md §3.
     pub fn exit_line(&self, reason: &str) -> String {
         #[derive(serde::Serialize)]
         struct ExitLine<'a> {

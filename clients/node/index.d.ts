@@ -6,7 +6,7 @@ export type BridgeLogLine = BridgeLogRecord | string;
 
 /**
  * A JSON log record (tracing's JSON format with flattened fields). Never contains the bridge
- * token, the upstream credential, bodies or query values (SPEC §3).
+ * token, the upstream credential, bodies or query values (docs/reference.md §3).
  */
 export interface BridgeLogRecord {
   timestamp?: string;
@@ -62,7 +62,7 @@ export interface BridgeOptions {
   stopTimeoutMs?: number;
 }
 
-/** The readiness line (SPEC §3, §6.3). `url` is absent on relay lines; `token` only when generated. */
+/** The readiness line (docs/reference.md §3, §6.3). `url` is absent on relay lines; `token` only when generated. */
 export interface ReadyLine {
   event: 'ready';
   url?: string;
@@ -73,7 +73,7 @@ export interface ReadyLine {
   [field: string]: unknown;
 }
 
-/** The exit-summary line printed by the bridge when it stops (SPEC §3). */
+/** The exit-summary line printed by the bridge when it stops (docs/reference.md §3). */
 export interface ExitSummary {
   event: 'exit';
   reason: 'signal' | 'lifeline' | 'lifetime' | 'idle' | string;

@@ -1,6 +1,6 @@
 // Spawn helper for callback-bridge: one bridge process per agent run.
 //
-// Contract (SPEC §3): the bridge prints exactly one readiness line on stdout
+// Contract (docs/reference.md §3): the bridge prints exactly one readiness line on stdout
 // (`{"event":"ready",...}`) before anything else, logs only to stderr, and prints one
 // exit-summary line (`{"event":"exit",...}`) on stdout when it stops after SIGTERM/SIGINT,
 // lifeline EOF or a lifetime/idle limit. Secrets reach the child only through its environment:

@@ -1,4 +1,4 @@
-//! Header allowlists and content-type rules (SPEC §4.4, §4 steps 7 and 9).
+//! Header allowlists and content-type rules (docs/reference.md §4.4, §4 steps 7 and 9).
 //!
 //! Promise: only header names on the request allowlist are forwarded upstream and only names on
 //! the response allowlist come back, with every value of each kept in order; the lists can never
@@ -14,7 +14,7 @@
 
 use http::header::{HeaderMap, HeaderName, CONNECTION};
 
-/// Request headers forwarded by default (SPEC §4.4).
+/// Request headers forwarded by default (docs/reference.md §4.4).
 pub const DEFAULT_REQUEST_HEADERS: [&str; 6] = [
     "accept",
     "content-type",
@@ -24,7 +24,7 @@ pub const DEFAULT_REQUEST_HEADERS: [&str; 6] = [
     "x-paperclip-github-capability",
 ];
 
-/// Response headers returned by default (SPEC §4.4); the bridge adds its own `x-request-id`.
+/// Response headers returned by default (docs/reference.md §4.4); the bridge adds its own `x-request-id`.
 pub const DEFAULT_RESPONSE_HEADERS: [&str; 7] = [
     "content-type",
     "etag",
@@ -82,7 +82,7 @@ pub struct HeaderRules {
 }
 
 impl Default for HeaderRules {
-    /// The SPEC §4.4 defaults.
+    /// The docs/reference.md §4.4 defaults.
     fn default() -> Self {
         let names =
             |list: &[&'static str]| list.iter().map(|n| HeaderName::from_static(n)).collect();

@@ -2,7 +2,7 @@
 //! (`tests/policy_props.rs`) and the fuzz targets (`fuzz/fuzz_targets/`). Not part of the
 //! product's API (hidden from the docs); pure, no I/O.
 //!
-//! Promise: each check restates a SPEC §4 guarantee *independently* of the code under test — a
+//! Promise: each check restates a docs/reference.md §4 guarantee *independently* of the code under test — a
 //! naive reference reading of the target rules, a naive template matcher, an explicit list of
 //! forbidden headers — so that the fuzzers compare two implementations rather than one with
 //! itself. A check returns a [`Violation`] naming the broken rule and the input, never panics.
@@ -96,7 +96,7 @@ fn is_pchar(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@".contains(&b)
 }
 
-/// The target rules of SPEC §4 step 4 and of `target.rs`'s documented decisions, restated
+/// The target rules of docs/reference.md §4 step 4 and of `target.rs`'s documented decisions, restated
 /// naively (several passes, allocations): `Ok` when the target must be accepted, else the rule
 /// it breaks.
 pub fn reference_target_verdict(raw: &str) -> Result<(), &'static str> {
@@ -202,7 +202,7 @@ pub fn check_target_bytes(data: &[u8]) -> Result<(), Violation> {
     check_target(&String::from_utf8_lossy(data))
 }
 
-/// The SPEC §4 step 4 statement of "canonical", for a target that was accepted.
+/// The docs/reference.md §4 step 4 statement of "canonical", for a target that was accepted.
 pub fn check_canonical(raw: &str, target: &RequestTarget<'_>) -> Result<(), Violation> {
     let path = target.path.as_bytes();
     ensure(path.first() == Some(&b'/'), || {
@@ -257,7 +257,7 @@ pub fn check_canonical(raw: &str, target: &RequestTarget<'_>) -> Result<(), Viol
 // Decisions
 
 /// Request headers that must never be forwarded, whatever the configured allowlist: they carry
-/// the caller's identity, the routing, or the framing the bridge does itself (SPEC §4 step 9,
+/// the caller's identity, the routing, or the framing the bridge does itself (docs/reference.md §4 step 9,
 /// §4.4).
 pub const NEVER_FORWARDED: [&str; 16] = [
     "authorization",
@@ -328,7 +328,7 @@ const POLICY_CODES: [DenyCode; 9] = [
     DenyCode::NotFound,
 ];
 
-/// Checks one decision of `policy` for `head` against SPEC §4 (see the module docs).
+/// Checks one decision of `policy` for `head` against docs/reference.md §4 (see the module docs).
 pub fn check_decision(
     policy: &Policy,
     head: &RequestHead<'_>,
@@ -565,7 +565,7 @@ method = "OPTIONS"
 paths = ["/o", "/o/{x}/me"]
 "#;
 
-/// The policies inputs are evaluated under: the built-in one (SPEC defaults), and
+/// The policies inputs are evaluated under: the built-in one (the documented defaults), and
 /// [`FUZZ_ROUTES`] with a 1 KiB global limit and a custom header allowlist.
 pub static FUZZ_POLICIES: LazyLock<[Policy; 2]> = LazyLock::new(|| {
     let custom_routes = RouteTable::from_toml(FUZZ_ROUTES).expect("FUZZ_ROUTES compiles");

@@ -4,7 +4,7 @@
 //! is not a tunnelling/tracing one, the raw request target is canonical origin-form, a route rule
 //! matches the whole path, the framing is unambiguous, the content type and declared size fit the
 //! route, and only allowlisted headers are kept. No I/O happens here, so `serve`, the relay, the
-//! gateway, `explain` and the fuzzers all call exactly this code. Checks run in SPEC §4 order and
+//! gateway, `explain` and the fuzzers all call exactly this code. Checks run in docs/reference.md §4 order and
 //! the first failure answers.
 //!
 //! Attacks defended: probing the policy without the token (the token is checked before anything
@@ -14,13 +14,13 @@
 //! bodies on `GET`/`HEAD`, and a checked path that differs from the forwarded one (the target is
 //! checked once and forwarded as the very same string).
 //!
-//! Decisions where SPEC §4 leaves a choice:
+//! Decisions where docs/reference.md §4 leaves a choice:
 //! * `/__bridge` itself and everything under `/__bridge/` is bridge-local: only `GET`/`HEAD` of
 //!   `/__bridge/health` (no token; any query ignored) and `/__bridge/metrics` (token) exist;
 //!   anything else there, any method, is 404 `not_found` after the token check.
 //! * A route's `max_body_bytes` can only lower the global limit, never raise it: the global
-//!   limit also sizes the queue transport's envelopes (SPEC §6.1).
-//! * Header count and size (step 9) are checked last, as SPEC §4 orders them; they count every
+//!   limit also sizes the queue transport's envelopes (docs/reference.md §6.1).
+//! * Header count and size (step 9) are checked last, as docs/reference.md §4 orders them; they count every
 //!   header line, duplicates included, and names plus values in bytes.
 
 pub mod headers;
@@ -40,32 +40,32 @@ pub use target::{RequestTarget, TargetError, TargetPart};
 
 use crate::auth::BridgeToken;
 
-/// Largest number of request headers the bridge accepts (SPEC §4 step 9), counting every
+/// Largest number of request headers the bridge accepts (docs/reference.md §4 step 9), counting every
 /// header line including repeated names. Agents send well under 20; the bound caps per-request
-/// work and matches the stdio transport's 100 header pairs (SPEC §6.2).
+/// work and matches the stdio transport's 100 header pairs (docs/reference.md §6.2).
 pub const MAX_HEADER_COUNT: usize = 100;
-/// Largest total size of request header names and values, in bytes (SPEC §4 step 9). Matches
+/// Largest total size of request header names and values, in bytes (docs/reference.md §4 step 9). Matches
 /// the stdio transport's 16 KiB header list and Node's default header limit upstream.
 pub const MAX_HEADER_BYTES: usize = 16 * 1024;
 
 /// Default largest request body: Paperclip's 10 MiB attachment limit plus 64 KiB of headroom
 /// for the multipart framing around a maximum-size file (boundaries, part headers and the small
-/// JSON metadata part), so that a valid upload never fails at the bridge (SPEC §2).
+/// JSON metadata part), so that a valid upload never fails at the bridge (docs/reference.md §2).
 pub const DEFAULT_MAX_BODY_BYTES: u64 = 10 * 1024 * 1024 + 64 * 1024;
 
 /// Paths under this prefix (and the bare `/__bridge`) are answered by the bridge, never
-/// forwarded (SPEC §3).
+/// forwarded (docs/reference.md §3).
 pub const BRIDGE_PREFIX: &str = "/__bridge/";
 /// The health endpoint: `GET`/`HEAD`, no token.
 pub const HEALTH_PATH: &str = "/__bridge/health";
 /// The metrics endpoint: `GET`/`HEAD`, bridge token required.
 pub const METRICS_PATH: &str = "/__bridge/metrics";
 
-/// The one 401 message: it must not reveal whether the token was missing or wrong (SPEC §4.1).
+/// The one 401 message: it must not reveal whether the token was missing or wrong (docs/reference.md §4.1).
 pub const INVALID_TOKEN_MESSAGE: &str = "Missing or invalid bridge token";
 
 /// Stable denial and error codes. Each knows its HTTP status and its snake_case wire name; the
-/// names are public interface (SPEC §4.1, §5, §6).
+/// names are public interface (docs/reference.md §4.1, §5, §6).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum DenyCode {
     InvalidToken,
@@ -168,7 +168,7 @@ impl DenyCode {
     }
 
     /// Whether the bridge closes the client connection after answering with this code
-    /// (SPEC §4.1: after a 400/401/405/413/431 it generated).
+    /// (docs/reference.md §4.1: after a 400/401/405/413/431 it generated).
     pub fn closes_connection(self) -> bool {
         matches!(self.status().as_u16(), 400 | 401 | 405 | 408 | 413 | 431)
     }
@@ -211,7 +211,7 @@ pub enum BodyKind {
     Chunked,
 }
 
-/// Endpoints the bridge answers itself under `/__bridge/` (SPEC §3).
+/// Endpoints the bridge answers itself under `/__bridge/` (docs/reference.md §3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LocalEndpoint {
     Health,
@@ -228,7 +228,7 @@ pub struct Allow {
     /// Body framing as declared by the request.
     pub body: BodyKind,
     /// Largest body this route accepts: the route's limit capped at the global one. The server
-    /// enforces it on chunked bodies while streaming (SPEC §4 step 8).
+    /// enforces it on chunked bodies while streaming (docs/reference.md §4 step 8).
     pub max_body_bytes: u64,
     /// The allowlisted request headers, to be forwarded (credential and host not yet set).
     pub headers: HeaderMap,
@@ -269,7 +269,7 @@ pub struct Policy {
 }
 
 impl Default for Policy {
-    /// The built-in Paperclip allowlist, the SPEC §4.4 header lists and the default body limit.
+    /// The built-in Paperclip allowlist, the docs/reference.md §4.4 header lists and the default body limit.
     fn default() -> Self {
         Policy::new(
             RouteTable::builtin(),
@@ -288,7 +288,7 @@ impl Policy {
         }
     }
 
-    /// Decides one request (SPEC §4 steps 1-9, in order; the first failure answers).
+    /// Decides one request (docs/reference.md §4 steps 1-9, in order; the first failure answers).
     pub fn evaluate(&self, head: &RequestHead<'_>, token: TokenCheck<'_>) -> Decision {
         match self.decide(head, token) {
             Ok(decision) => decision,
@@ -399,7 +399,7 @@ fn check_token(headers: &HeaderMap, token: TokenCheck<'_>) -> Result<(), Deny> {
     }
 }
 
-/// The body framing the headers declare, or 400 when it is ambiguous (SPEC §4 step 6).
+/// The body framing the headers declare, or 400 when it is ambiguous (docs/reference.md §4 step 6).
 fn body_kind(headers: &HeaderMap) -> Result<BodyKind, Deny> {
     let mut lengths = headers.get_all(CONTENT_LENGTH).iter();
     let length = match (lengths.next(), lengths.next()) {
@@ -439,7 +439,7 @@ fn parse_content_length(value: &[u8]) -> Option<u64> {
     })
 }
 
-/// A body needs exactly one content type that the route accepts (SPEC §4 step 7).
+/// A body needs exactly one content type that the route accepts (docs/reference.md §4 step 7).
 fn check_content_type(headers: &HeaderMap, route: &Route) -> Result<(), Deny> {
     let mut values = headers.get_all(CONTENT_TYPE).iter();
     let accepted = match (values.next(), values.next()) {

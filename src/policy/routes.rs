@@ -1,4 +1,4 @@
-//! Route rules (SPEC §4.2): load a routes file, compile its templates, match a method and path.
+//! Route rules (docs/reference.md §4.2): load a routes file, compile its templates, match a method and path.
 //!
 //! Promise: a path matches a rule only when every segment matches: a literal segment equals the
 //! raw path bytes exactly, `{name}` takes one non-empty segment, `{name}suffix` takes one segment
@@ -14,7 +14,7 @@
 //! turn `/a/{id}/b` into `/a//b`), and silent shadowing between rules in an operator's file.
 //!
 //! Format: `[[route]]` tables with `id`, `method` or `methods`, `path` or `paths`, and optional
-//! `content_types` and `max_body_bytes`. `paths` (an extension of SPEC §4.2, mirroring
+//! `content_types` and `max_body_bytes`. `paths` (an extension of docs/reference.md §4.2, mirroring
 //! `methods`) lets one rule cover several templates, which is how Paperclip's own allowlist
 //! groups them; each template becomes one [`Route`] carrying the rule's id.
 
@@ -27,7 +27,7 @@ use serde::Deserialize;
 /// matching recursion shallow whatever an operator writes.
 pub const MAX_TEMPLATE_SEGMENTS: usize = 32;
 
-/// The shipped Paperclip allowlist (SPEC §4.3), compiled into the binary.
+/// The shipped Paperclip allowlist (docs/reference.md §4.3), compiled into the binary.
 const BUILTIN_ROUTES: &str = include_str!("../../config/routes/paperclip.toml");
 
 /// One compiled route: a rule's methods and one of its path templates.
@@ -940,10 +940,10 @@ mod tests {
     }
 }
 
-/// SPEC §4.3 as test data, shared with the `evaluate` tests in `policy::tests`.
+/// docs/reference.md §4.3 as test data, shared with the `evaluate` tests in `policy::tests`.
 #[cfg(test)]
 pub(crate) mod builtin_cases {
-    /// (method, template, a concrete path, expected route id): every pair of SPEC §4.3.
+    /// (method, template, a concrete path, expected route id): every pair of docs/reference.md §4.3.
     pub(crate) const ALLOWED: &[(&str, &str, &str, &str)] = &[
         (
             "POST",
@@ -1399,7 +1399,7 @@ pub(crate) mod builtin_cases {
         ),
     ];
 
-    /// Requests SPEC §4.3 names as denied, plus near misses of allowed templates.
+    /// Requests docs/reference.md §4.3 names as denied, plus near misses of allowed templates.
     pub(crate) const DENIED: &[(&str, &str)] = &[
         // Direct agent creation.
         ("POST", "/api/companies/c1/agents"),

@@ -1,4 +1,4 @@
-//! Request-target checks (SPEC §4 step 4).
+//! Request-target checks (docs/reference.md §4 step 4).
 //!
 //! Promise: a target that [`RequestTarget::parse`] accepts is canonical origin-form: it starts
 //! with one `/`, has no empty, `.` or `..` segment (raw, percent-encoded, or hidden behind a `;`
@@ -13,7 +13,7 @@
 //! parser differentials between this check and the upstream's router (Unicode look-alikes,
 //! fragments, absolute-form targets that carry their own authority).
 //!
-//! Decisions where SPEC §4 leaves a choice:
+//! Decisions where docs/reference.md §4 leaves a choice:
 //! * A `#` anywhere is rejected ([`TargetError::Fragment`]): it is never forwarded, and a
 //!   fragment only reaches the bridge from a queue file or a broken client.
 //! * Raw bytes >= 0x80 in the path are rejected ([`TargetError::NonAscii`]): a UTF-8 look-alike
@@ -32,12 +32,12 @@
 
 use std::fmt;
 
-/// Longest accepted path in bytes (SPEC §4 step 4). Paperclip's longest legitimate path is about
+/// Longest accepted path in bytes (docs/reference.md §4 step 4). Paperclip's longest legitimate path is about
 /// 150 bytes (four UUIDs); 2 KiB leaves room for long document keys while bounding the work the
 /// matcher and the upstream router do per request.
 pub const MAX_PATH_BYTES: usize = 2048;
 
-/// Longest accepted query in bytes, not counting the `?` (SPEC §4 step 4). Paperclip's list
+/// Longest accepted query in bytes, not counting the `?` (docs/reference.md §4 step 4). Paperclip's list
 /// endpoints take a handful of filters; 4 KiB is generous and keeps the whole request line well
 /// under common upstream limits (Node's default header limit is 16 KiB).
 pub const MAX_QUERY_BYTES: usize = 4096;

@@ -125,9 +125,6 @@ impl Forwarder {
         let is_head = method == Method::HEAD;
         let req = self.upstream_request(method, &mut allow, upstream_body)?;
 
-        self.metrics
-            .forwarded
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let started = Instant::now();
         let sent = tokio::time::timeout(self.upstream_timeout, self.pool.send(req));
         let result = tokio::select! {

@@ -210,7 +210,7 @@ test('a bridge that exits before ready rejects with BridgeExitedError and the st
 });
 
 // The bridge installs its SIGTERM/SIGINT handlers before it prints the readiness line, so a
-// SIGTERM sent right after the line still drains and prints the exit summary (SPEC §3).
+// SIGTERM sent right after the line still drains and prints the exit summary (docs/reference.md §3).
 test('stop() right after ready still gets the exit summary', {
   ...opts,
 }, async () => {

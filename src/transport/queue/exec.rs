@@ -16,7 +16,7 @@ use tokio::process::Command;
 use super::scripts;
 use crate::config::Scrub;
 
-/// Longest run of one command (SPEC §6.1). The idle wait inside the sandbox is 5 s; the rest is
+/// Longest run of one command (docs/reference.md §6.1). The idle wait inside the sandbox is 5 s; the rest is
 /// room for a slow exec channel (a `kubectl exec` through a busy API server) and large bodies.
 pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
 /// Stderr kept for the log when a command fails; the rest is read and dropped.

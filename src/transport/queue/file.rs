@@ -35,12 +35,12 @@ pub const MAX_ID_LEN: usize = 128;
 
 /// The suffix of a waiting request or of a response.
 pub const JSON_SUFFIX: &str = ".json";
-/// The suffix of a request the relay has taken (SPEC §6.1); ignored by depth counts.
+/// The suffix of a request the relay has taken (docs/reference.md §6.1); ignored by depth counts.
 pub const CLAIMED_SUFFIX: &str = ".json.claimed";
 /// The suffix of a file being written; published by renaming it to `<id>.json`.
 pub const TMP_SUFFIX: &str = ".json.tmp";
 
-/// The protocol the relay announces in `relay.json` (SPEC §6.1).
+/// The protocol the relay announces in `relay.json` (docs/reference.md §6.1).
 pub const CLAIMS_PROTOCOL: &str = "claims_v1";
 
 /// Whether `id` may be used as a queue file stem: 1..=128 characters of `[A-Za-z0-9_-]`. Both
@@ -143,7 +143,7 @@ fn unique_string_map<'de, D: Deserializer<'de>>(
     d.deserialize_map(V)
 }
 
-/// `requests/<id>.json` (SPEC §6.1; Paperclip `queue_v1`). Field order is Paperclip's. Unknown
+/// `requests/<id>.json` (docs/reference.md §6.1; Paperclip `queue_v1`). Field order is Paperclip's. Unknown
 /// fields are ignored (they have no effect), so a newer writer stays readable.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RequestFile {
@@ -168,7 +168,7 @@ pub struct RequestFile {
     pub created_at: String,
 }
 
-/// `responses/<id>.json` (SPEC §6.1; Paperclip `queue_v1`). Field order is Paperclip's.
+/// `responses/<id>.json` (docs/reference.md §6.1; Paperclip `queue_v1`). Field order is Paperclip's.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ResponseFile {
     pub id: String,
@@ -273,7 +273,7 @@ impl ResponseFile {
 }
 
 /// `relay.json`: written by the relay when it starts; tells the gateway that requests are taken
-/// by the `.claimed` hand-off (SPEC §6.1).
+/// by the `.claimed` hand-off (docs/reference.md §6.1).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RelayAnnouncement {
     pub protocol: String,

@@ -44,7 +44,7 @@ pub const STALE_GRACE: Duration = Duration::from_secs(2);
 /// How often leftovers (unclaimed responses, temp files, abandoned claims) are swept.
 pub const SWEEP_INTERVAL: Duration = Duration::from_secs(10);
 
-/// Queue directory layout (SPEC §6.1).
+/// Queue directory layout (docs/reference.md §6.1).
 #[derive(Debug, Clone)]
 pub struct Dirs {
     pub root: PathBuf,
@@ -144,7 +144,6 @@ pub async fn run(config: QueueGatewayConfig) -> Result<(), TransportError> {
         publish_lock: tokio::sync::Mutex::new(()),
         waiters: Mutex::new(HashMap::new()),
         wake: Notify::new(),
-        metrics: metrics.clone(),
         settings,
     });
     tokio::spawn(watch_responses(shared.clone()));
@@ -206,8 +205,6 @@ struct Shared {
     waiters: Mutex<HashMap<String, oneshot::Sender<()>>>,
     /// Wakes the watcher when the first waiter registers.
     wake: Notify,
-    /// `forwarded` counts requests handed to the relay (published request files).
-    metrics: Arc<Metrics>,
 }
 
 /// The `Dispatch` of the queue gateway.
@@ -226,7 +223,7 @@ impl Dispatch for QueueGateway {
     }
 }
 
-/// What the timeout hand-off found (SPEC §6.1 "Gateway timeout").
+/// What the timeout hand-off found (docs/reference.md §6.1 "Gateway timeout").
 #[derive(Debug, PartialEq, Eq)]
 enum Withdrawn {
     /// The request file was still waiting: nobody took it.
@@ -373,12 +370,7 @@ impl Shared {
         })
         .await;
         match written {
-            Ok(Ok(())) => {
-                self.metrics
-                    .forwarded
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                Ok(())
-            }
+            Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(ForwardError::Unsent {
                 hop: Hop::Relay,
                 source: Some(Box::new(e)),
@@ -399,7 +391,7 @@ impl Shared {
             .is_some_and(|a| a.protocol == CLAIMS_PROTOCOL)
     }
 
-    /// The hand-off of SPEC §6.1: exactly one of the relay's claim (rename) and our removal of
+    /// The hand-off of docs/reference.md §6.1: exactly one of the relay's claim (rename) and our removal of
     /// the request file succeeds; if the relay won, removing its claim tells it nobody waits.
     fn withdraw(&self, id: &str) -> Withdrawn {
         let dirs = &self.settings.dirs;

@@ -1,4 +1,4 @@
-//! The queue transport (SPEC §6.1, compatible with Paperclip `queue_v1`): the gateway turns each
+//! The queue transport (docs/reference.md §6.1, compatible with Paperclip `queue_v1`): the gateway turns each
 //! allowed agent request into `requests/<id>.json` inside the sandbox; the relay on the host
 //! drives the sandbox through one-shot commands (`<exec prefix…> '<sh script>'`), claims those
 //! files, re-applies the policy, forwards with the real credential and writes

@@ -5,7 +5,7 @@
 //! Promise: every file read from the sandbox is untrusted input — it passes the same policy as an
 //! HTTP request (without the token, which files do not carry) and the wire-format checks, or it
 //! gets the same denial as over HTTP, and nothing reaches the upstream; a request is forwarded at
-//! most once unless it is safe (exactly-once hand-off of SPEC §6.1: claim by rename in the
+//! most once unless it is safe (exactly-once hand-off of docs/reference.md §6.1: claim by rename in the
 //! command that reads it, answer only while the claim exists, and after a restart re-forward
 //! only safe methods); the credential never enters the sandbox (not in argv, env or files); few
 //! commands: idle ≤ 1 per 5 s, a burst is taken by one command and answered by one.
@@ -37,17 +37,17 @@ use crate::pipeline::{Inbound, LocalEndpoints, Pipeline, PipelineSettings, Targe
 use crate::policy::{Deny, DenyCode};
 use crate::proxy::Forwarder;
 use crate::respond::{X_BRIDGE_ERROR, X_REQUEST_ID};
-use crate::server::print_line;
+use crate::server::{print_line, write_private_file, ServeError};
 use crate::telemetry::{Logged, Metrics};
 use crate::transport::TransportError;
 
-/// Requests forwarded at the same time (SPEC §6.1). More would only queue at the upstream.
+/// Requests forwarded at the same time (docs/reference.md §6.1). More would only queue at the upstream.
 pub const MAX_CONCURRENT_FORWARDS: usize = 8;
-/// Most request files one command takes (SPEC §6.1).
+/// Most request files one command takes (docs/reference.md §6.1).
 pub const MAX_BATCH_FILES: usize = 16;
-/// Most request bytes one command reads (SPEC §6.1); a single larger file is still taken alone.
+/// Most request bytes one command reads (docs/reference.md §6.1); a single larger file is still taken alone.
 pub const MAX_BATCH_BYTES: u64 = 8 * 1024 * 1024;
-/// The idle wait inside the sandbox for the first request file (SPEC §6.1: ≤ 1 command per
+/// The idle wait inside the sandbox for the first request file (docs/reference.md §6.1: ≤ 1 command per
 /// 4 s when idle).
 pub const IDLE_WAIT: Duration = Duration::from_secs(5);
 /// How long a finished response may wait for the other requests of its batch before it is
@@ -213,14 +213,21 @@ pub async fn run(config: QueueRelayConfig) -> Result<(), TransportError> {
         pid: std::process::id(),
     })
     .unwrap_or_default();
+    if let Some(path) = &common.lifecycle.ready_file {
+        write_private_file(path, line.as_bytes()).map_err(|source| ServeError::ReadyFile {
+            path: path.clone(),
+            source,
+        })?;
+    }
     print_line(&line)?;
     tracing::info!(queue = %core.dir, prefix = ?core.runner.prefix(), to = %core.pipeline.dispatcher().describe(), "relay ready");
 
     let mut lp = Loop::new(core.clone(), stop_rx, common.limits.drain_timeout);
     lp.accept(recovered, true);
-    let reason = lp.run().await?;
+    let outcome = lp.run().await;
+    let reason = outcome.as_ref().map_or(ExitReason::Transport, |r| *r);
     print_line(&metrics.exit_line(reason.as_str()))?;
-    Ok(())
+    outcome.map(|_| ())
 }
 
 fn take_params(core: &Core, wait: Duration) -> TakeParams {

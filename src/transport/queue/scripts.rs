@@ -26,7 +26,7 @@ use super::file::valid_id;
 /// How the relay drives the sandbox side.
 #[derive(Debug, Clone)]
 pub enum Ops {
-    /// POSIX `sh` scripts using only the tools of SPEC §6.1.
+    /// POSIX `sh` scripts using only the tools of docs/reference.md §6.1.
     Sh,
     /// The `callback-bridge` binary at this path inside the sandbox (`--sandbox-helper`).
     Helper(String),

@@ -364,7 +364,7 @@ impl StdioDispatch {
     }
 
     /// The relay's answer as the agent gets it: a response marked indeterminate becomes 409
-    /// (SPEC §5, §6); the body is streamed under the size and idle limits.
+    /// (docs/reference.md §5, §6); the body is streamed under the size and idle limits.
     fn agent_response(&self, response: Response<Incoming>, is_head: bool) -> Response<BridgeBody> {
         let (parts, incoming) = response.into_parts();
         let mut headers = HeaderMap::with_capacity(parts.headers.len());

@@ -1,4 +1,4 @@
-//! The stdio transport (SPEC §6.2, wire-compatible with Paperclip `http2_v1`): one long-running
+//! The stdio transport (docs/reference.md §6.2, wire-compatible with Paperclip `http2_v1`): one long-running
 //! command whose stdin/stdout carry an HTTP/2 session. The gateway (inside the sandbox) is the
 //! HTTP/2 *client*; the relay (on the host) spawns the command and is the HTTP/2 *server*.
 //!
@@ -20,11 +20,11 @@ pub(crate) mod relay;
 
 use std::time::Duration;
 
-/// Streams the relay serves at once (SPEC §6.2). Bounds the relay's work per sandbox; the
+/// Streams the relay serves at once (docs/reference.md §6.2). Bounds the relay's work per sandbox; the
 /// gateway queues further requests inside its HTTP/2 client until a stream frees up.
 pub const MAX_CONCURRENT_STREAMS: u32 = 32;
 /// Largest HTTP/2 header list (HPACK-decoded, RFC 9113 accounting) either side accepts: the
-/// same 16 KiB the policy allows for an agent's request head (SPEC §4 step 9).
+/// same 16 KiB the policy allows for an agent's request head (docs/reference.md §4 step 9).
 pub const MAX_HEADER_LIST_BYTES: u32 = 16 * 1024;
 /// Largest number of header pairs per stream the relay accepts before the policy runs; equals the
 /// policy's own limit, so a gateway cannot make the relay do more work than an agent could.

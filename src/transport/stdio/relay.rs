@@ -2,7 +2,7 @@
 //! line, and serves HTTP/2 on the command's stdio, forwarding each stream upstream.
 //!
 //! Promise: every stream passes the bridge token check and the whole policy again (the relay never
-//! trusts the gateway), then the same forwarding as `serve` with the failure table of SPEC §5;
+//! trusts the gateway), then the same forwarding as `serve` with the failure table of docs/reference.md §5;
 //! denials carry the same JSON bodies. At most [`MAX_CONCURRENT_STREAMS`] streams run at once, a
 //! session whose PINGs go unanswered for [`PING_TIMEOUT`] is dead, and a lost channel is restarted
 //! with backoff ([`MAX_RESTARTS`] in [`RESTART_WINDOW`]), so the agent's URL keeps working.
@@ -120,7 +120,7 @@ pub async fn run(config: StdioRelayConfig) -> Result<(), TransportError> {
     outcome.map(|_| ())
 }
 
-/// The relay's readiness line (SPEC §6.3), fields in the documented order.
+/// The relay's readiness line (docs/reference.md §6.3), fields in the documented order.
 #[derive(serde::Serialize)]
 struct ReadyLine<'a> {
     event: &'static str,
