@@ -42,8 +42,10 @@ pub enum UpstreamError {
     ConnectTimeout,
     #[error("cannot connect")]
     Connect(#[source] std::io::Error),
+    #[cfg(feature = "tls")]
     #[error("TLS handshake timed out")]
     TlsTimeout,
+    #[cfg(feature = "tls")]
     #[error("TLS handshake failed")]
     Tls(#[source] std::io::Error),
     #[error("no TLS client for this https upstream")]
