@@ -19,7 +19,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::JoinSet;
 
-use crate::config::{Lifecycle, Listener, ServeConfig, TokenConfig};
+use crate::config::{Common, Lifecycle, Listener, ServeConfig, TokenConfig};
 use crate::dispatch::Dispatch;
 use crate::limits::BoxFuture;
 use crate::pipeline::{LocalEndpoints, Pipeline, PipelineSettings};
@@ -130,33 +130,38 @@ pub async fn run(config: ServeConfig) -> Result<ExitReason, ServeError> {
         token,
         common,
     } = config;
-    let forwarder = Forwarder::new(
-        target,
-        common.policy.headers.clone(),
-        &common.limits,
-        metrics.clone(),
-    );
+    let forwarder = Forwarder::new(target, &common, metrics.clone());
     let pipeline = Pipeline::new(
         PipelineSettings::new(&common, Some(token.token.clone()), LocalEndpoints::Answer),
         forwarder,
         metrics,
     );
-    let agent = AgentSide {
-        listener,
-        token,
-        lifecycle: common.lifecycle,
-        drain_timeout: common.limits.drain_timeout,
-    };
-    serve(agent, pipeline, ServeHooks::default()).await
+    serve(
+        AgentSide::new(listener, token, common),
+        pipeline,
+        ServeHooks::default(),
+    )
+    .await
 }
 
 /// The agent-facing side of `serve` and the gateways.
 pub struct AgentSide {
-    pub listener: Listener,
+    listener: Listener,
     /// The token; printed on the readiness line when it was generated.
-    pub token: TokenConfig,
-    pub lifecycle: Lifecycle,
-    pub drain_timeout: Duration,
+    token: TokenConfig,
+    lifecycle: Lifecycle,
+    drain_timeout: Duration,
+}
+
+impl AgentSide {
+    pub fn new(listener: Listener, token: TokenConfig, common: Common) -> AgentSide {
+        AgentSide {
+            listener,
+            token,
+            lifecycle: common.lifecycle,
+            drain_timeout: common.limits.drain_timeout,
+        }
+    }
 }
 
 /// Binds the listener. Separate so that callers can report a bind failure before anything else.

@@ -18,7 +18,7 @@ use http_body_util::BodyExt;
 
 use crate::auth::UpstreamCredential;
 use crate::body::{self, BodyState, BridgeBody, GuardedBody};
-use crate::config::{Target, Upstream};
+use crate::config::{Common, Target, Upstream};
 use crate::dispatch::{Allowed, Dispatch, ForwardError, Forwarded, Hop, RequestBody};
 use crate::policy::{Allow, BodyKind, HeaderRules};
 use crate::telemetry::Metrics;
@@ -38,13 +38,10 @@ pub struct Forwarder {
 }
 
 impl Forwarder {
-    /// Builds the forwarder; warns once when no upstream credential is configured.
-    pub fn new(
-        target: Target,
-        response_headers: HeaderRules,
-        limits: &crate::config::Limits,
-        metrics: Arc<Metrics>,
-    ) -> Forwarder {
+    /// Builds the forwarder of a role (its response-header allowlist and body limits come from
+    /// `common`); warns once when no upstream credential is configured.
+    pub fn new(target: Target, common: &Common, metrics: Arc<Metrics>) -> Forwarder {
+        let limits = &common.limits;
         let Target {
             upstream,
             credential,
@@ -61,7 +58,7 @@ impl Forwarder {
             upstream,
             credential,
             run_id,
-            response_headers,
+            response_headers: common.policy.headers.clone(),
             max_body_bytes: limits.max_body_bytes,
             body_idle_timeout: limits.body_idle_timeout,
             upstream_timeout: timeout,

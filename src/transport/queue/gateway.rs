@@ -158,13 +158,7 @@ pub async fn run(config: QueueGatewayConfig) -> Result<(), TransportError> {
         on_bound: Some(Box::new(move |addr| write_readiness(&dirs, addr))),
         ..ServeHooks::default()
     };
-    let agent = AgentSide {
-        listener,
-        token,
-        lifecycle: common.lifecycle,
-        drain_timeout: common.limits.drain_timeout,
-    };
-    server::serve(agent, pipeline, hooks).await?;
+    server::serve(AgentSide::new(listener, token, common), pipeline, hooks).await?;
     Ok(())
 }
 

@@ -168,12 +168,7 @@ pub async fn run(config: QueueRelayConfig) -> Result<(), TransportError> {
         scrub,
     } = config;
     let metrics = Arc::new(Metrics::default());
-    let forwarder = Forwarder::new(
-        target,
-        common.policy.headers.clone(),
-        &common.limits,
-        metrics.clone(),
-    );
+    let forwarder = Forwarder::new(target, &common, metrics.clone());
     let pipeline = Arc::new(Pipeline::new(
         PipelineSettings::new(&common, None, LocalEndpoints::NotFound),
         FileForwarder(forwarder),

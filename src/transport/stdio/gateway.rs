@@ -125,15 +125,11 @@ pub async fn run(config: StdioGatewayConfig) -> Result<(), TransportError> {
         })),
     };
     wait_for_port(listener.addr).await;
-    let agent = AgentSide {
-        listener,
-        token: TokenConfig {
-            token: hs.token,
-            generated: false,
-        },
-        lifecycle: common.lifecycle,
-        drain_timeout: common.limits.drain_timeout,
+    let token = TokenConfig {
+        token: hs.token,
+        generated: false,
     };
+    let agent = AgentSide::new(listener, token, common);
     match server::serve(agent, pipeline, hooks).await? {
         ExitReason::Transport => Err(TransportError::SessionEnded),
         _ => Ok(()),
