@@ -1516,6 +1516,43 @@ mod tests {
         ]);
         let err = load(parse(&["gateway", "--transport", "queue"]), &env).unwrap_err();
         assert!(err.to_string().contains("PAPERCLIP_BRIDGE_MAX_QUEUE_DEPTH"));
+        let env = env_of(&[
+            ("PAPERCLIP_BRIDGE_PORT", "99999"),
+            ("PAPERCLIP_BRIDGE_QUEUE_DIR", "/tmp/q"),
+        ]);
+        let err = load(parse(&["gateway", "--transport", "queue"]), &env).unwrap_err();
+        assert!(err.to_string().contains("PAPERCLIP_BRIDGE_PORT"), "{err}");
+    }
+
+    #[test]
+    fn flags_win_over_paperclip_variables() {
+        let env = env_of(&[
+            ("PAPERCLIP_BRIDGE_QUEUE_DIR", "/q"),
+            ("PAPERCLIP_BRIDGE_HOST", "127.0.0.1"),
+            ("PAPERCLIP_BRIDGE_PORT", "0"),
+            ("PAPERCLIP_BRIDGE_MAX_QUEUE_DEPTH", "8"),
+        ]);
+        let Run::Role(Role::QueueGateway(c)) =
+            load(parse(&["gateway", "--transport", "queue"]), &env).unwrap()
+        else {
+            panic!("not a queue gateway");
+        };
+        assert_eq!(c.listener.addr, "127.0.0.1:0".parse().unwrap());
+        assert_eq!(c.max_queue_depth, 8);
+        let cmd = parse(&[
+            "gateway",
+            "--transport",
+            "queue",
+            "--listen",
+            "127.0.0.1:9",
+            "--max-queue-depth",
+            "3",
+        ]);
+        let Run::Role(Role::QueueGateway(c)) = load(cmd, &env).unwrap() else {
+            panic!("not a queue gateway");
+        };
+        assert_eq!(c.listener.addr, "127.0.0.1:9".parse().unwrap());
+        assert_eq!(c.max_queue_depth, 3);
     }
 
     #[test]
