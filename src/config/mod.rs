@@ -12,9 +12,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use clap::Args;
 use secrecy::SecretString;
-use serde::de::DeserializeOwned;
 
 use crate::auth::{BridgeToken, UpstreamCredential};
 use crate::cli::{
@@ -23,9 +21,15 @@ use crate::cli::{
     UpstreamOptions,
 };
 use crate::policy::{HeaderRules, Policy, RouteTable};
+
+mod file;
+mod upstream;
+
 use crate::transport::stdio::handshake::{
     valid_nonce, MAX_NONCE_LEN, NONCE_ENV, PAPERCLIP_NONCE_ENV, PAPERCLIP_TOKEN_ENV,
 };
+use file::{one_line, with_file, FileRole, MergedCommon};
+pub use upstream::Upstream;
 
 /// Paperclip's default local listen origin.
 pub const DEFAULT_UPSTREAM: &str = "http://127.0.0.1:3100";
@@ -666,191 +670,6 @@ impl Scrub {
 }
 
 // ---------------------------------------------------------------------------------------------
-// The config file
-// ---------------------------------------------------------------------------------------------
-
-/// The roles, for telling which file keys a command uses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum FileRole {
-    Serve,
-    Gateway,
-    Relay,
-}
-
-impl FileRole {
-    fn name(self) -> &'static str {
-        match self {
-            FileRole::Serve => "serve",
-            FileRole::Gateway => "gateway",
-            FileRole::Relay => "relay",
-        }
-    }
-
-    /// The option groups the role reads from the file.
-    fn groups(self) -> Vec<Vec<String>> {
-        match self {
-            FileRole::Serve => vec![
-                keys::<CommonOptions>(),
-                keys::<ListenOptions>(),
-                keys::<UpstreamOptions>(),
-            ],
-            FileRole::Gateway => vec![
-                keys::<CommonOptions>(),
-                keys::<ListenOptions>(),
-                keys::<GatewayTransportOptions>(),
-            ],
-            FileRole::Relay => vec![
-                keys::<CommonOptions>(),
-                keys::<UpstreamOptions>(),
-                keys::<RelayTransportOptions>(),
-            ],
-        }
-    }
-}
-
-/// The file keys of an option group: its clap ids (the field names), less `config`.
-fn keys<G: Args>() -> Vec<String> {
-    G::augment_args(clap::Command::new("keys"))
-        .get_arguments()
-        .map(|a| a.get_id().as_str().to_owned())
-        .filter(|k| k != "config")
-        .collect()
-}
-
-/// The TOML file, read once, or an empty table when none is configured.
-#[derive(Debug, Default)]
-struct ConfigFile {
-    path: PathBuf,
-    table: toml::Table,
-}
-
-impl ConfigFile {
-    fn read(path: &Path) -> Result<ConfigFile, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::ReadFile {
-            path: path.to_owned(),
-            source,
-        })?;
-        let table: toml::Table = toml::from_str(&text).map_err(|e| ConfigError::ParseFile {
-            path: path.to_owned(),
-            message: one_line(&e.to_string()),
-        })?;
-        Ok(ConfigFile {
-            path: path.to_owned(),
-            table,
-        })
-    }
-
-    /// Every key must be a setting of `role`: an unknown key names the closest known one; a key
-    /// of another role is refused (a gateway given an upstream credential key says why).
-    fn check_keys(&self, role: FileRole) -> Result<(), ConfigError> {
-        let used: Vec<String> = role.groups().into_iter().flatten().collect();
-        let all: Vec<String> = [FileRole::Serve, FileRole::Gateway, FileRole::Relay]
-            .into_iter()
-            .flat_map(FileRole::groups)
-            .flatten()
-            .collect();
-        for key in self.table.keys() {
-            if used.iter().any(|k| k == key) {
-                continue;
-            }
-            let message = if role == FileRole::Gateway && key.starts_with("upstream_token") {
-                format!(
-                    "{key}: gateway runs inside the sandbox and must never hold the upstream \
-                     credential; give it to the relay (or serve) instead"
-                )
-            } else if all.iter().any(|k| k == key) {
-                format!("{key} is not a setting of `{}`", role.name())
-            } else {
-                let closest = all
-                    .iter()
-                    .map(|k| (strsim::jaro_winkler(k, key), k))
-                    .max_by(|a, b| a.0.total_cmp(&b.0))
-                    .filter(|(score, _)| *score > 0.8);
-                match closest {
-                    Some((_, k)) => format!("unknown key {key:?} (did you mean {k:?}?)"),
-                    None => format!("unknown key {key:?}"),
-                }
-            };
-            return Err(ConfigError::ParseFile {
-                path: self.path.clone(),
-                message,
-            });
-        }
-        Ok(())
-    }
-
-    /// One option group from the file's keys of that group.
-    fn group<G: Args + DeserializeOwned + Default>(&self) -> Result<G, ConfigError> {
-        let names = keys::<G>();
-        let subset: toml::Table = self
-            .table
-            .iter()
-            .filter(|(k, _)| names.iter().any(|n| n == *k))
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        if subset.is_empty() {
-            return Ok(G::default());
-        }
-        G::deserialize(subset).map_err(|e| ConfigError::ParseFile {
-            path: self.path.clone(),
-            message: one_line(&e.to_string()),
-        })
-    }
-
-    /// Resolves a path given in the file against the file's directory.
-    fn resolve(&self, path: PathBuf) -> PathBuf {
-        match self.path.parent() {
-            Some(dir) if path.is_relative() => dir.join(path),
-            _ => path,
-        }
-    }
-}
-
-/// The common options merged (flags/env over file), before validation.
-struct MergedCommon {
-    merged: CommonOptions,
-}
-
-/// Reads the file named by `--config` (if any), checks its keys for `role` and merges the common
-/// options; the caller merges its other groups from the returned file.
-fn with_file(
-    flags: CommonOptions,
-    role: FileRole,
-    env: Env<'_>,
-) -> Result<(MergedCommon, ConfigFile), ConfigError> {
-    let file = match &flags.config {
-        Some(path) => ConfigFile::read(path)?,
-        None => ConfigFile::default(),
-    };
-    file.check_keys(role)?;
-    let mut flags = flags;
-    // `RUST_LOG` ranks with the environment: below an explicit level, above the file.
-    if flags.log_level.is_none() {
-        flags.log_level = env_nonempty(env, "RUST_LOG");
-    }
-    let mut from_file: CommonOptions = file.group()?;
-    from_file.routes = from_file.routes.map(|p| file.resolve(p));
-    from_file.token_file = from_file.token_file.map(|p| file.resolve(p));
-    from_file.ready_file = from_file.ready_file.map(|p| file.resolve(p));
-    Ok((
-        MergedCommon {
-            merged: flags.or(from_file),
-        },
-        file,
-    ))
-}
-
-/// Collapses a multi-line library error (toml prints a snippet) into one line.
-fn one_line(s: &str) -> String {
-    let lines: Vec<&str> = s
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('|') && !l.chars().all(|c| c == '^'))
-        .collect();
-    lines.join(" ")
-}
-
-// ---------------------------------------------------------------------------------------------
 // Validation of each group
 // ---------------------------------------------------------------------------------------------
 
@@ -1157,119 +976,9 @@ fn validate_log_level(spec: &str) -> Result<(), ConfigError> {
     Ok(())
 }
 
-// ---------------------------------------------------------------------------------------------
-// The upstream URL
-// ---------------------------------------------------------------------------------------------
-
-/// The upstream origin and base path.
-#[derive(Debug, Clone)]
-pub struct Upstream {
-    pub scheme: http::uri::Scheme,
-    pub authority: http::uri::Authority,
-    /// Base path without a trailing slash ("" for the root), prepended to every forwarded path.
-    pub base_path: String,
-    /// The `host` header value sent upstream.
-    pub host: http::HeaderValue,
-}
-
-impl Upstream {
-    pub fn parse(raw: &str) -> Result<Upstream, ConfigError> {
-        let key = "upstream";
-        if raw.contains('#') {
-            return Err(invalid(key, "must not contain a fragment"));
-        }
-        if raw.contains('?') {
-            return Err(invalid(key, "must not contain a query"));
-        }
-        let uri: http::Uri = raw
-            .parse()
-            .map_err(|e| invalid(key, format!("{raw:?} is not a URL: {e}")))?;
-        let scheme = uri
-            .scheme()
-            .cloned()
-            .ok_or_else(|| invalid(key, format!("{raw:?} has no scheme (use http://)")))?;
-        if scheme == http::uri::Scheme::HTTPS && !cfg!(feature = "tls") {
-            return Err(invalid(
-                key,
-                "https upstreams need the `tls` feature, which this build was compiled without",
-            ));
-        }
-        if scheme != http::uri::Scheme::HTTP && scheme != http::uri::Scheme::HTTPS {
-            return Err(invalid(
-                key,
-                format!("scheme {scheme} is not http or https"),
-            ));
-        }
-        let authority = uri
-            .authority()
-            .cloned()
-            .ok_or_else(|| invalid(key, format!("{raw:?} has no host")))?;
-        if authority.as_str().contains('@') {
-            return Err(invalid(key, "must not contain userinfo"));
-        }
-        if authority.host().is_empty() {
-            return Err(invalid(key, "has an empty host"));
-        }
-        // `http::Uri` keeps a port it cannot read as a number (`:notaport`, `:99999`) as text.
-        let after_host = &authority.as_str()[authority.as_str().rfind(']').unwrap_or(0)..];
-        if let Some((_, port)) = after_host.rsplit_once(':') {
-            if port.parse::<u16>().map_or(true, |p| p == 0) {
-                return Err(invalid(
-                    key,
-                    format!("{raw:?} has an invalid port (1 to 65535)"),
-                ));
-            }
-        }
-        #[cfg(feature = "tls")]
-        if scheme == http::uri::Scheme::HTTPS {
-            let host = authority.host().trim_matches(['[', ']']).to_owned();
-            if tokio_rustls::rustls::pki_types::ServerName::try_from(host).is_err() {
-                return Err(invalid(key, "host is not a valid TLS server name"));
-            }
-        }
-        let base_path = uri.path().trim_end_matches('/').to_owned();
-        let host = http::HeaderValue::from_str(authority.as_str())
-            .map_err(|_| invalid(key, "host is not a valid header value"))?;
-        Ok(Upstream {
-            scheme,
-            authority,
-            base_path,
-            host,
-        })
-    }
-
-    /// The origin-form URI sent upstream for a checked target (path + optional query):
-    /// the base path, then the target's bytes unchanged.
-    pub fn uri_for(&self, target: &str) -> Result<http::Uri, http::Error> {
-        if self.base_path.is_empty() {
-            return Ok(http::Uri::try_from(target)?);
-        }
-        let mut pq = String::with_capacity(self.base_path.len() + target.len());
-        pq.push_str(&self.base_path);
-        pq.push_str(target);
-        Ok(http::Uri::try_from(pq)?)
-    }
-
-    pub fn is_https(&self) -> bool {
-        self.scheme == http::uri::Scheme::HTTPS
-    }
-
-    /// `host:port`, with the scheme's default port when none is given.
-    pub fn connect_address(&self) -> String {
-        let port = self
-            .authority
-            .port_u16()
-            .unwrap_or(if self.is_https() { 443 } else { 80 });
-        format!("{}:{port}", self.authority.host())
-    }
-
-    pub fn display(&self) -> String {
-        format!("{}://{}{}", self.scheme, self.authority, self.base_path)
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use super::file::ConfigFile;
     use super::*;
     use clap::Parser;
 
@@ -1365,7 +1074,7 @@ mod tests {
     fn example_config_file_equals_defaults() {
         let file = ConfigFile {
             path: PathBuf::from("config/bridge.toml"),
-            table: toml::from_str(include_str!("../config/bridge.toml")).unwrap(),
+            table: toml::from_str(include_str!("../../config/bridge.toml")).unwrap(),
         };
         file.check_keys(FileRole::Serve).expect("serve keys only");
         let listen: ListenOptions = file.group().unwrap();
