@@ -203,15 +203,20 @@ pub struct RawConn {
 }
 
 impl RawConn {
+    /// Connects (bounded by [`WAIT`]); panics if nothing listens.
     pub fn connect(addr: SocketAddr) -> RawConn {
-        let stream = TcpStream::connect_timeout(&addr, WAIT)
-            .unwrap_or_else(|e| panic!("connect to {addr}: {e}"));
-        stream.set_read_timeout(Some(WAIT)).unwrap();
-        stream.set_write_timeout(Some(WAIT)).unwrap();
-        stream.set_nodelay(true).unwrap();
-        RawConn {
+        Self::try_connect(addr).unwrap_or_else(|e| panic!("connect to {addr}: {e}"))
+    }
+
+    /// Connects (bounded by [`WAIT`]); every later read and write is bounded by [`WAIT`] too.
+    pub fn try_connect(addr: SocketAddr) -> io::Result<RawConn> {
+        let stream = TcpStream::connect_timeout(&addr, WAIT)?;
+        stream.set_read_timeout(Some(WAIT))?;
+        stream.set_write_timeout(Some(WAIT))?;
+        stream.set_nodelay(true)?;
+        Ok(RawConn {
             reader: BufReader::new(stream),
-        }
+        })
     }
 
     /// Writes bytes; an error (the peer may already have answered and closed) is returned, not
@@ -356,9 +361,19 @@ impl RawConn {
     }
 }
 
-/// Writes `bytes` on a new connection and reads one response.
+/// Writes `bytes` on a new connection and reads one response; a connection that cannot be
+/// opened is a panic (the listener is expected to be up), a broken exchange an error.
 pub fn try_raw_request(addr: SocketAddr, bytes: &[u8]) -> io::Result<Response> {
-    let mut conn = RawConn::connect(addr);
+    exchange(RawConn::connect(addr), bytes)
+}
+
+/// Like [`try_raw_request`], but a refused connection is an error too (for polling a listener
+/// that is restarting).
+pub fn try_raw_request_or_refused(addr: SocketAddr, bytes: &[u8]) -> io::Result<Response> {
+    exchange(RawConn::try_connect(addr)?, bytes)
+}
+
+fn exchange(mut conn: RawConn, bytes: &[u8]) -> io::Result<Response> {
     let write_result = conn.write(bytes);
     let head = bytes.starts_with(b"HEAD ");
     match conn.read_response(head) {
@@ -490,9 +505,10 @@ impl Req {
         raw_request(addr, &self.to_bytes(addr))
     }
 
-    /// Like [`Req::send`] but returns connection errors (for polling a restarting gateway).
+    /// Like [`Req::send`] but returns errors, a refused connection included (for polling a
+    /// restarting gateway).
     pub fn try_send(&self, addr: SocketAddr) -> io::Result<Response> {
-        try_raw_request(addr, &self.to_bytes(addr))
+        try_raw_request_or_refused(addr, &self.to_bytes(addr))
     }
 
     /// Sends on a thread; the receiver yields the result.

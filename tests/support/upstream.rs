@@ -180,6 +180,14 @@ impl Recorded {
         self.headers.iter().map(|(k, _)| k.clone()).collect()
     }
 
+    /// Every header as `name: value` lines (values decoded lossily), for searching.
+    pub fn headers_text(&self) -> String {
+        self.headers
+            .iter()
+            .map(|(k, v)| format!("{k}: {}\n", String::from_utf8_lossy(v)))
+            .collect()
+    }
+
     /// The path: the target without its query.
     pub fn path(&self) -> &str {
         self.target.split('?').next().unwrap_or("")
