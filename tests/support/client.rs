@@ -57,6 +57,17 @@ impl Agent {
         self.send(Req::new("GET", target))
     }
 
+    /// [`Agent::send`] on a thread; the receiver yields the result (for a request held in
+    /// flight while the test looks elsewhere).
+    pub fn send_in_background(&self, req: Req) -> Receiver<io::Result<Response>> {
+        let req = if req.has_header("authorization") {
+            req
+        } else {
+            req.bearer(&self.token)
+        };
+        req.send_in_background(self.addr)
+    }
+
     /// `method target` with the token, `headers` and `body` (see [`request`]).
     pub fn request(
         &self,
@@ -86,6 +97,18 @@ pub fn request(
         .headers(headers)
         .raw_body(method, body)
         .send(addr)
+}
+
+/// The samples of a Prometheus text exposition: `name{labels}` (exactly as written) → value.
+/// Comment lines are skipped.
+pub fn prometheus_samples(text: &str) -> std::collections::BTreeMap<String, f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .filter_map(|l| {
+            let (key, value) = l.rsplit_once(' ')?;
+            Some((key.trim().to_string(), value.trim().parse().ok()?))
+        })
+        .collect()
 }
 
 /// Parses `http://HOST:PORT` into a connectable address (an unspecified host becomes loopback).

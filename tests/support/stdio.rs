@@ -10,17 +10,21 @@ use serde_json::Value;
 use super::client::Agent;
 use super::process::{bridge_binary_str, bridge_command, children_of, Proc};
 use super::upstream::MockUpstream;
-use super::{closed_port, BRIDGE_TOKEN, RUN_ID, UPSTREAM_TOKEN};
+use super::{closed_port, BRIDGE_TOKEN, UPSTREAM_TOKEN};
 
 /// A relay (or `serve`) command for the stdio tests: the mock upstream and its credential in the
 /// environment, JSON logs, and no rate limit (the concurrency tests would otherwise hit the
 /// burst). `args` are the command line (subcommand included).
 pub fn relay_command(upstream: &MockUpstream, args: &[&str]) -> Command {
-    let url = upstream.url();
+    relay_command_url(&upstream.url(), args)
+}
+
+/// [`relay_command`] forwarding to `upstream_url` (e.g. one where nothing listens).
+pub fn relay_command_url(upstream_url: &str, args: &[&str]) -> Command {
     bridge_command(
         args,
         &[
-            ("CALLBACK_BRIDGE_UPSTREAM", url.as_str()),
+            ("CALLBACK_BRIDGE_UPSTREAM", upstream_url),
             ("CALLBACK_BRIDGE_UPSTREAM_TOKEN", UPSTREAM_TOKEN),
             ("CALLBACK_BRIDGE_LOG_FORMAT", "json"),
             ("CALLBACK_BRIDGE_RATE_LIMIT_PER_SECOND", "0"),
@@ -57,9 +61,14 @@ impl Relay {
     /// 127.0.0.1:PORT`, waiting for the relay's readiness line (printed once the gateway's READY
     /// line was accepted, after the gateway bound its port).
     pub fn start(upstream: &MockUpstream, opts: RelayOptions<'_>) -> Relay {
+        Self::start_url(&upstream.url(), opts)
+    }
+
+    /// [`Relay::start`] forwarding to `upstream_url`.
+    pub fn start_url(upstream_url: &str, opts: RelayOptions<'_>) -> Relay {
         let port = closed_port();
         let listen = format!("127.0.0.1:{port}");
-        let mut cmd = relay_command(upstream, &["relay", "--transport", "stdio"]);
+        let mut cmd = relay_command_url(upstream_url, &["relay", "--transport", "stdio"]);
         cmd.args(opts.relay_args).arg("--");
         if opts.supplied_token {
             cmd.env("CALLBACK_BRIDGE_TOKEN", BRIDGE_TOKEN);
@@ -88,26 +97,6 @@ impl Relay {
             token,
             ready,
         }
-    }
-
-    /// A relay with the standard secrets (supplied token, run id) and `opts`' arguments, for
-    /// tests that compare it with `serve`.
-    pub fn standard(
-        upstream: &MockUpstream,
-        gateway_args: &[&str],
-        relay_env: &[(&str, &str)],
-    ) -> Relay {
-        let mut env = vec![("PAPERCLIP_RUN_ID", RUN_ID)];
-        env.extend_from_slice(relay_env);
-        Relay::start(
-            upstream,
-            RelayOptions {
-                relay_env: &env,
-                gateway_args,
-                supplied_token: true,
-                ..Default::default()
-            },
-        )
     }
 
     /// The agent-facing endpoint (the gateway's address and the token).
