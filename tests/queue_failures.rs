@@ -2,31 +2,31 @@
 //! queue, a relay killed mid-request (exactly once), an unreachable sandbox — and the exec
 //! economy, counted with a wrapper around `sh -c`.
 
-mod queue_support;
+mod support;
 
 use std::time::{Duration, SystemTime};
 
-use queue_support::*;
+use support::*;
 
 const JSON: &[(&str, &str)] = &[("content-type", "application/json")];
 
-fn post(url: &str, target: &'static str) -> std::thread::JoinHandle<Resp> {
-    let url = url.to_owned();
-    background(move || agent(&url, "POST", target, JSON, b"{\"body\":\"x\"}"))
+fn post(gw: &Agent, target: &'static str) -> std::thread::JoinHandle<Response> {
+    let gw = gw.clone();
+    background(move || gw.request("POST", target, JSON, b"{\"body\":\"x\"}"))
 }
 
-fn get(url: &str, target: &'static str) -> std::thread::JoinHandle<Resp> {
-    let url = url.to_owned();
-    background(move || agent(&url, "GET", target, &[], b""))
+fn get(gw: &Agent, target: &'static str) -> std::thread::JoinHandle<Response> {
+    let gw = gw.clone();
+    background(move || gw.request("GET", target, &[], b""))
 }
 
 #[test]
 fn without_a_relay_timeouts_are_504_for_reads_and_409_for_mutations() {
     let sb = Sandbox::new();
-    let (_gw, url) = sb.gateway(&["--response-timeout", "1s"]);
+    let (_gw_proc, gw) = sb.gateway(&["--response-timeout", "1s"]);
     let (g, p) = (
-        get(&url, "/api/agents/me"),
-        post(&url, "/api/issues/1/comments"),
+        get(&gw, "/api/agents/me"),
+        post(&gw, "/api/issues/1/comments"),
     );
     let (g, p) = (g.join().unwrap(), p.join().unwrap());
     assert_eq!((g.status, g.code()), (504, "bridge_timeout"));
@@ -44,15 +44,15 @@ fn without_a_relay_timeouts_are_504_for_reads_and_409_for_mutations() {
 #[test]
 fn a_claims_relay_that_never_took_the_request_means_503_bridge_unavailable() {
     let sb = Sandbox::new();
-    let (_gw, url) = sb.gateway(&["--response-timeout", "1s"]);
+    let (_gw_proc, gw) = sb.gateway(&["--response-timeout", "1s"]);
     std::fs::write(
         sb.queue().join("relay.json"),
         br#"{"protocol":"claims_v1","pid":1,"startedAt":"2025-01-01T00:00:00.000Z"}"#,
     )
     .unwrap();
     let (g, p) = (
-        get(&url, "/api/agents/me"),
-        post(&url, "/api/issues/1/comments"),
+        get(&gw, "/api/agents/me"),
+        post(&gw, "/api/issues/1/comments"),
     );
     let (g, p) = (g.join().unwrap(), p.join().unwrap());
     assert_eq!((g.status, g.code()), (503, "bridge_unavailable"));
@@ -62,14 +62,14 @@ fn a_claims_relay_that_never_took_the_request_means_503_bridge_unavailable() {
 
 #[test]
 fn a_claimed_request_that_times_out_is_answered_504_or_409_and_never_later() {
-    let up = Upstream::start();
+    let up = MockUpstream::app();
     up.set_holding(true);
     let sb = Sandbox::new();
-    let (_gw, url) = sb.gateway(&["--response-timeout", "1s"]);
-    let relay = sb.relay(&up.url, &["sh", "-c"], &[]);
+    let (_gw_proc, gw) = sb.gateway(&["--response-timeout", "1s"]);
+    let relay = sb.relay(&up.url(), &["sh", "-c"], &[]);
     let (g, p) = (
-        get(&url, "/api/agents/hold"),
-        post(&url, "/api/issues/hold/comments"),
+        get(&gw, "/api/agents/hold"),
+        post(&gw, "/api/issues/hold/comments"),
     );
     let (g, p) = (g.join().unwrap(), p.join().unwrap());
     assert_eq!((g.status, g.code()), (504, "bridge_timeout"));
@@ -79,7 +79,7 @@ fn a_claimed_request_that_times_out_is_answered_504_or_409_and_never_later() {
     // The upstream answers late: the relay must not write responses nobody waits for.
     up.set_holding(false);
     wait_until("the relay to skip both late responses", || {
-        relay.stderr().matches("nobody waits").count() >= 2
+        relay.stderr_text().matches("nobody waits").count() >= 2
     });
     assert!(Sandbox::list(&sb.responses()).is_empty());
     assert!(Sandbox::list(&sb.requests()).is_empty());
@@ -88,12 +88,12 @@ fn a_claimed_request_that_times_out_is_answered_504_or_409_and_never_later() {
 #[test]
 fn a_full_queue_answers_503_and_stale_files_are_swept() {
     let sb = Sandbox::new();
-    let (_gw, url) = sb.gateway(&["--response-timeout", "2s", "--max-queue-depth", "2"]);
-    let waiting = [get(&url, "/api/agents/me"), get(&url, "/api/agents/me")];
+    let (_gw_proc, gw) = sb.gateway(&["--response-timeout", "2s", "--max-queue-depth", "2"]);
+    let waiting = [get(&gw, "/api/agents/me"), get(&gw, "/api/agents/me")];
     wait_until("two waiting requests", || {
         Sandbox::list(&sb.requests()).len() == 2
     });
-    let r = agent(&url, "GET", "/api/agents/me", &[], b"");
+    let r = gw.request("GET", "/api/agents/me", &[], b"");
     assert_eq!((r.status, r.code()), (503, "queue_full"));
     for w in waiting {
         assert_eq!(w.join().unwrap().status, 504);
@@ -112,7 +112,7 @@ fn a_full_queue_answers_503_and_stale_files_are_swept() {
             .unwrap();
     }
     // A fresh planted file is not stale and still counts.
-    let r = agent(&url, "GET", "/api/agents/me", &[], b"");
+    let r = gw.request("GET", "/api/agents/me", &[], b"");
     assert_eq!(r.code(), "bridge_timeout", "the stale files made room");
     let left = Sandbox::list(&sb.requests());
     assert!(!left.iter().any(|n| n.starts_with("stale")), "{left:?}");
@@ -120,12 +120,12 @@ fn a_full_queue_answers_503_and_stale_files_are_swept() {
 
 #[test]
 fn a_relay_killed_mid_mutation_never_sends_it_twice() {
-    let up = Upstream::start();
+    let up = MockUpstream::app();
     up.set_holding(true);
     let sb = Sandbox::new();
-    let (_gw, url) = sb.gateway(&[]);
-    let mut first = sb.relay(&up.url, &["sh", "-c"], &[]);
-    let answer = post(&url, "/api/issues/hold/comments");
+    let (_gw_proc, gw) = sb.gateway(&[]);
+    let mut first = sb.relay(&up.url(), &["sh", "-c"], &[]);
+    let answer = post(&gw, "/api/issues/hold/comments");
     up.wait_for(
         "the mutation at the upstream",
         1,
@@ -139,7 +139,7 @@ fn a_relay_killed_mid_mutation_never_sends_it_twice() {
         "the claim is left behind"
     );
 
-    let _second = sb.relay(&up.url, &["sh", "-c"], &[]);
+    let _second = sb.relay(&up.url(), &["sh", "-c"], &[]);
     let r = answer.join().unwrap();
     assert_eq!((r.status, r.code()), (409, "outcome_indeterminate"));
     assert_eq!(
@@ -157,17 +157,17 @@ fn a_relay_killed_mid_mutation_never_sends_it_twice() {
 
 #[test]
 fn a_relay_killed_mid_read_forwards_it_again() {
-    let up = Upstream::start();
+    let up = MockUpstream::app();
     up.set_holding(true);
     let sb = Sandbox::new();
-    let (_gw, url) = sb.gateway(&[]);
-    let mut first = sb.relay(&up.url, &["sh", "-c"], &[]);
-    let answer = get(&url, "/api/agents/hold");
+    let (_gw_proc, gw) = sb.gateway(&[]);
+    let mut first = sb.relay(&up.url(), &["sh", "-c"], &[]);
+    let answer = get(&gw, "/api/agents/hold");
     up.wait_for("the read at the upstream", 1, "/api/agents/hold");
     first.signal("KILL");
     first.wait_exit();
     up.set_holding(false);
-    let _second = sb.relay(&up.url, &["sh", "-c"], &[]);
+    let _second = sb.relay(&up.url(), &["sh", "-c"], &[]);
     let r = answer.join().unwrap();
     assert_eq!(r.status, 200);
     assert_eq!(
@@ -180,32 +180,39 @@ fn a_relay_killed_mid_read_forwards_it_again() {
 #[test]
 fn an_unreachable_sandbox_makes_the_relay_exit_1() {
     let sb = Sandbox::new();
-    let mut cmd = std::process::Command::new(BIN);
-    cmd.env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .args(["relay", "--transport", "queue", "--queue-dir"])
-        .arg(sb.queue())
-        .args(["--", "false"]);
-    let out = cmd.output().unwrap();
+    let queue = sb.queue_str();
+    let cmd = bridge_command_bare(
+        &[
+            "relay",
+            "--transport",
+            "queue",
+            "--queue-dir",
+            &queue,
+            "--",
+            "false",
+        ],
+        &[],
+    );
+    let out = run_command(cmd, WAIT);
     assert_eq!(out.status.code(), Some(1));
     assert!(out.stdout.is_empty(), "no ready line");
-    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach the sandbox queue"));
+    assert!(out.stderr.contains("cannot reach the sandbox queue"));
 }
 
 #[test]
 fn a_burst_is_taken_by_one_command_and_answered_by_one() {
     const BURST: usize = 8;
-    let up = Upstream::start();
+    let up = MockUpstream::app();
     up.set_holding(true);
     let sb = Sandbox::new();
-    let (_gw, url) = sb.gateway(&[]);
-    let waiting: Vec<_> = (0..BURST).map(|_| get(&url, "/api/agents/hold")).collect();
+    let (_gw_proc, gw) = sb.gateway(&[]);
+    let waiting: Vec<_> = (0..BURST).map(|_| get(&gw, "/api/agents/hold")).collect();
     wait_until("the burst in the queue", || {
         Sandbox::list(&sb.requests()).len() == BURST
     });
     let prefix = sb.counting_prefix();
     let prefix: Vec<&str> = prefix.iter().map(String::as_str).collect();
-    let _relay = sb.relay(&up.url, &prefix, &[]);
+    let _relay = sb.relay(&up.url(), &prefix, &[]);
     up.wait_for("the burst at the upstream", BURST, "/api/agents/hold");
     up.set_holding(false);
     for w in waiting {

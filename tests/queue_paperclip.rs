@@ -3,38 +3,38 @@
 //! host worker that does not claim (Paperclip's), and the relay serving files written the way
 //! Paperclip's gateway writes them (UUIDv4 names, its key order, base64 multipart bodies).
 
-mod queue_support;
+mod support;
 
 use std::process::Command;
 use std::time::Duration;
 
 use base64::Engine;
-use queue_support::*;
+use support::*;
 
 fn paperclip_gateway(sb: &Sandbox, mode: &str) -> Command {
-    let mut cmd = Command::new(BIN);
-    cmd.env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("PAPERCLIP_API_BRIDGE_MODE", mode)
+    let mut cmd = bridge_command_bare(&["gateway"], &[]);
+    cmd.env("PAPERCLIP_API_BRIDGE_MODE", mode)
         .env("PAPERCLIP_BRIDGE_QUEUE_DIR", sb.queue())
-        .env("PAPERCLIP_BRIDGE_TOKEN", TOKEN)
+        .env("PAPERCLIP_BRIDGE_TOKEN", BRIDGE_TOKEN)
         .env("PAPERCLIP_BRIDGE_HOST", "127.0.0.1")
         .env("PAPERCLIP_BRIDGE_PORT", "0")
         .env("PAPERCLIP_BRIDGE_POLL_INTERVAL_MS", "100")
         .env("PAPERCLIP_BRIDGE_RESPONSE_TIMEOUT_MS", "30000")
         .env("PAPERCLIP_BRIDGE_MAX_QUEUE_DEPTH", "64")
         .env("PAPERCLIP_BRIDGE_MAX_BODY_BYTES", "10551296")
-        .env("CALLBACK_BRIDGE_LOG_FORMAT", "json")
-        .arg("gateway");
+        .env("CALLBACK_BRIDGE_LOG_FORMAT", "json");
     cmd
 }
 
 #[test]
 fn gateway_starts_from_paperclips_environment_alone() {
-    let up = Upstream::start();
+    let up = MockUpstream::app();
     let sb = Sandbox::new();
-    let mut gw = Proc::spawn(paperclip_gateway(&sb, "queue_v1"), sb.path("gw.err"));
-    let ready = gw.wait_event("ready");
+    let mut gw_proc = Proc::spawn(
+        paperclip_gateway(&sb, "queue_v1"),
+        "paperclip-style gateway",
+    );
+    let ready = gw_proc.wait_event("ready");
     assert!(
         ready.get("token").is_none(),
         "a supplied token is not printed"
@@ -46,22 +46,23 @@ fn gateway_starts_from_paperclips_environment_alone() {
     let doc = read_json(&sb.queue().join("ready.json"));
     let keys: Vec<&str> = ["pid", "host", "port", "baseUrl", "startedAt"].to_vec();
     assert_eq!(doc.as_object().unwrap().len(), keys.len(), "{doc}");
-    assert_eq!(doc["pid"], gw.pid());
+    assert_eq!(doc["pid"], gw_proc.pid());
     assert_eq!(doc["host"], "127.0.0.1");
     assert_eq!(doc["baseUrl"], url);
     assert_eq!(format!("http://127.0.0.1:{}", doc["port"]), url);
     assert!(doc["startedAt"].as_str().unwrap().ends_with('Z'));
     let pid = std::fs::read_to_string(sb.queue().join("server.pid")).unwrap();
-    assert_eq!(pid, format!("{}\n", gw.pid()));
+    assert_eq!(pid, format!("{}\n", gw_proc.pid()));
     for dir in ["requests", "responses", "logs"] {
         assert!(sb.queue().join(dir).is_dir(), "{dir}");
     }
 
-    let _relay = sb.relay(&up.url, &["sh", "-c"], &[]);
-    let r = agent(url, "GET", "/api/agents/me", &[], b"");
+    let _relay = sb.relay(&up.url(), &["sh", "-c"], &[]);
+    let gw = Agent::at_url(url);
+    let r = gw.request("GET", "/api/agents/me", &[], b"");
     assert_eq!(r.status, 200);
-    let r = http(
-        url,
+    let r = request(
+        gw.addr,
         "GET",
         "/api/agents/me",
         &[("authorization", "Bearer nope")],
@@ -73,10 +74,11 @@ fn gateway_starts_from_paperclips_environment_alone() {
 #[test]
 fn an_unsupported_bridge_mode_exits_2_with_paperclips_message() {
     let sb = Sandbox::new();
-    let out = paperclip_gateway(&sb, "carrier_pigeon").output().unwrap();
+    let out = run_command(paperclip_gateway(&sb, "carrier_pigeon"), WAIT);
     assert_eq!(out.status.code(), Some(2));
     assert!(out.stdout.is_empty());
-    assert!(String::from_utf8_lossy(&out.stderr)
+    assert!(out
+        .stderr
         .contains("Unsupported PAPERCLIP_API_BRIDGE_MODE: carrier_pigeon"));
 }
 
@@ -126,10 +128,9 @@ fn paperclip_worker(
 #[test]
 fn gateway_is_served_by_a_worker_that_does_not_claim() {
     let sb = Sandbox::new();
-    let (_gw, url) = sb.gateway(&[]);
+    let (_gw_proc, gw) = sb.gateway(&[]);
     let worker = paperclip_worker(&sb, 2);
-    let r = agent(
-        &url,
+    let r = gw.request(
         "GET",
         "/api/issues/ISS-9?expand=1",
         &[("accept", "application/json")],
@@ -138,8 +139,7 @@ fn gateway_is_served_by_a_worker_that_does_not_claim() {
     assert_eq!(r.status, 202);
     assert_eq!(r.header("etag"), Some("\"e1\""));
     assert_eq!(r.json()["echo"], "/api/issues/ISS-9");
-    let r = agent(
-        &url,
+    let r = gw.request(
         "POST",
         "/api/issues/ISS-9/comments",
         &[("content-type", "application/json")],
@@ -165,9 +165,9 @@ fn gateway_is_served_by_a_worker_that_does_not_claim() {
 
 #[test]
 fn relay_serves_files_written_like_paperclips_gateway() {
-    let up = Upstream::start();
+    let up = MockUpstream::app();
     let sb = Sandbox::new();
-    let _relay = sb.relay(&up.url, &["sh", "-c"], &[]);
+    let _relay = sb.relay(&up.url(), &["sh", "-c"], &[]);
     let get_id = "3f2b8c1e-9a4d-4c1b-8e2f-0a1b2c3d4e5f";
     let upload_id = "9d8c7b6a-5f4e-4d3c-b2a1-0f9e8d7c6b5a";
     let binary: Vec<u8> = (0..=255u8).cycle().take(70_000).collect();

@@ -2,38 +2,20 @@
 //! back, checked on both sides; local denials; the gateway surviving bad response files; the
 //! sandbox helper.
 
-mod queue_support;
+mod support;
 
 use std::path::Path;
 
-use queue_support::*;
-
-fn random_bytes(n: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed;
-    (0..n)
-        .map(|i| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            // Make sure every byte value occurs.
-            if i < 256 {
-                i as u8
-            } else {
-                (x >> 24) as u8
-            }
-        })
-        .collect()
-}
+use support::*;
 
 #[test]
 fn round_trip_injects_the_credential_and_filters_headers_both_ways() {
-    let up = Upstream::start();
+    let up = MockUpstream::app();
     let sb = Sandbox::new();
-    let (_gw, url) = sb.gateway(&[]);
-    let _relay = sb.relay(&up.url, &["sh", "-c"], &[]);
+    let (_gw_proc, gw) = sb.gateway(&[]);
+    let _relay = sb.relay(&up.url(), &["sh", "-c"], &[]);
 
-    let resp = agent(
-        &url,
+    let resp = gw.request(
         "GET",
         "/api/agents/me?view=full&x=%2F",
         &[
@@ -64,20 +46,19 @@ fn round_trip_injects_the_credential_and_filters_headers_both_ways() {
     assert_eq!(r.method, "GET");
     assert_eq!(r.target, "/api/agents/me?view=full&x=%2F");
     assert_eq!(
-        r.header("authorization"),
-        Some(format!("Bearer {SECRET}").as_str())
+        r.header("authorization").as_deref(),
+        Some(format!("Bearer {UPSTREAM_TOKEN}").as_str())
     );
-    assert_eq!(r.header("x-paperclip-run-id"), Some(RUN_ID));
-    assert_eq!(r.header("accept"), Some("application/json"));
-    assert_eq!(r.header("idempotency-key"), Some("k-1"));
+    assert_eq!(r.header("x-paperclip-run-id").as_deref(), Some(RUN_ID));
+    assert_eq!(r.header("accept").as_deref(), Some("application/json"));
+    assert_eq!(r.header("idempotency-key").as_deref(), Some("k-1"));
     assert!(r.header("cookie").is_none());
     assert!(r.header("x-api-key").is_none());
     assert!(r.header("x-forwarded-for").is_none());
 
     // A mutation with a JSON body arrives byte for byte.
     let body = br#"{"body":"done \u00e9 \"quoted\" \n"}"#;
-    let resp = agent(
-        &url,
+    let resp = gw.request(
         "POST",
         "/api/issues/ISS-1/comments",
         &[("content-type", "application/json; charset=utf-8")],
@@ -88,11 +69,11 @@ fn round_trip_injects_the_credential_and_filters_headers_both_ways() {
     assert_eq!(posted.method, "POST");
     assert_eq!(posted.body, body);
     assert_eq!(
-        posted.header("content-type"),
+        posted.header("content-type").as_deref(),
         Some("application/json; charset=utf-8")
     );
     assert_eq!(
-        posted.header("content-length"),
+        posted.header("content-length").as_deref(),
         Some(body.len().to_string().as_str())
     );
 
@@ -104,17 +85,16 @@ fn round_trip_injects_the_credential_and_filters_headers_both_ways() {
 
 #[test]
 fn binary_multipart_upload_and_download_are_byte_exact() {
-    let up = Upstream::start();
+    let up = MockUpstream::app();
     let sb = Sandbox::new();
-    let (_gw, url) = sb.gateway(&[]);
-    let _relay = sb.relay(&up.url, &["sh", "-c"], &[]);
+    let (_gw_proc, gw) = sb.gateway(&[]);
+    let _relay = sb.relay(&up.url(), &["sh", "-c"], &[]);
 
-    let file = random_bytes(300_000, 7);
+    let file = pattern(300_000, 7);
     let mut body = b"--XyZ\r\ncontent-disposition: form-data; name=\"file\"; filename=\"a.bin\"\r\ncontent-type: application/octet-stream\r\n\r\n".to_vec();
     body.extend_from_slice(&file);
     body.extend_from_slice(b"\r\n--XyZ--\r\n");
-    let resp = agent(
-        &url,
+    let resp = gw.request(
         "POST",
         "/api/companies/c1/issues/i1/attachments",
         &[("content-type", "multipart/form-data; boundary=XyZ")],
@@ -133,9 +113,9 @@ fn binary_multipart_upload_and_download_are_byte_exact() {
     );
     assert_eq!(resp.body, body, "the echoed bytes came back intact");
 
-    let download = random_bytes(1_000_000, 99);
+    let download = pattern(1_000_000, 99);
     up.set_download(download.clone());
-    let resp = agent(&url, "GET", "/api/attachments/att-1/content", &[], b"");
+    let resp = gw.request("GET", "/api/attachments/att-1/content", &[], b"");
     assert_eq!(resp.status, 200);
     assert_eq!(
         resp.header("content-type"),
@@ -148,7 +128,7 @@ fn binary_multipart_upload_and_download_are_byte_exact() {
 fn denials_are_answered_by_the_gateway_without_writing_a_file() {
     let sb = Sandbox::new();
     // No relay: a request that got as far as the queue would wait for the response timeout.
-    let (_gw, url) = sb.gateway(&["--max-body-bytes", "1000"]);
+    let (_gw_proc, gw) = sb.gateway(&["--max-body-bytes", "1000"]);
     let json: &[(&str, &str)] = &[("content-type", "application/json")];
     type Case<'a> = (
         &'a str,
@@ -195,7 +175,7 @@ fn denials_are_answered_by_the_gateway_without_writing_a_file() {
         ("GET", "/api/agents/me", &[], b"x", 400, "bad_request"),
     ];
     for (method, target, headers, body, status, code) in cases {
-        let resp = agent(&url, method, target, headers, body);
+        let resp = gw.request(method, target, headers, body);
         assert_eq!(
             (resp.status, resp.code()),
             (*status, *code),
@@ -203,15 +183,15 @@ fn denials_are_answered_by_the_gateway_without_writing_a_file() {
         );
         assert_eq!(resp.json()["code"], *code);
     }
-    let resp = http(
-        &url,
+    let resp = request(
+        gw.addr,
         "GET",
         "/api/agents/me",
         &[("authorization", "Bearer wrong")],
         b"",
     );
     assert_eq!((resp.status, resp.code()), (401, "invalid_token"));
-    let health = http(&url, "GET", "/__bridge/health", &[], b"");
+    let health = request(gw.addr, "GET", "/__bridge/health", &[], b"");
     assert_eq!(health.status, 200);
     assert!(
         Sandbox::list(&sb.requests()).is_empty(),
@@ -253,16 +233,16 @@ fn response_json(id: &str, status: u16, headers: serde_json::Value, body: &str) 
 #[test]
 fn gateway_survives_malformed_and_oversized_response_files() {
     let sb = Sandbox::new();
-    let (_gw, url) = sb.gateway(&["--max-body-bytes", "1000"]);
+    let (_gw_proc, gw) = sb.gateway(&["--max-body-bytes", "1000"]);
     let ask = |method: &'static str, target: &'static str| {
-        let url = url.clone();
+        let gw = gw.clone();
         background(move || {
             let (headers, body): (&[(&str, &str)], &[u8]) = if method == "POST" {
                 (&[("content-type", "application/json")], b"{}")
             } else {
                 (&[], b"")
             };
-            agent(&url, method, target, headers, body)
+            gw.request(method, target, headers, body)
         })
     };
 
@@ -342,16 +322,19 @@ fn gateway_survives_malformed_and_oversized_response_files() {
 
 #[test]
 fn sandbox_helper_carries_the_same_round_trip() {
-    let up = Upstream::start();
+    let up = MockUpstream::app();
     let sb = Sandbox::new();
-    let (_gw, url) = sb.gateway(&[]);
-    let _relay = sb.relay(&up.url, &["sh", "-c"], &["--sandbox-helper", BIN]);
+    let (_gw_proc, gw) = sb.gateway(&[]);
+    let _relay = sb.relay(
+        &up.url(),
+        &["sh", "-c"],
+        &["--sandbox-helper", &bridge_binary_str()],
+    );
 
-    let resp = agent(&url, "GET", "/api/agents/me", &[], b"");
+    let resp = gw.request("GET", "/api/agents/me", &[], b"");
     assert_eq!(resp.status, 200);
-    let file = random_bytes(200_000, 3);
-    let resp = agent(
-        &url,
+    let file = pattern(200_000, 3);
+    let resp = gw.request(
         "POST",
         "/api/companies/c/issues/i/attachments",
         &[("content-type", "multipart/form-data; boundary=b")],
@@ -375,20 +358,20 @@ fn sandbox_helper_carries_the_same_round_trip() {
 
 #[test]
 fn relay_prints_an_exit_line_on_sigterm() {
-    let up = Upstream::start();
+    let up = MockUpstream::app();
     let sb = Sandbox::new();
-    let (mut gw, url) = sb.gateway(&[]);
-    let mut relay = sb.relay(&up.url, &["sh", "-c"], &[]);
-    assert_eq!(agent(&url, "GET", "/api/agents/me", &[], b"").status, 200);
+    let (mut gw_proc, gw) = sb.gateway(&[]);
+    let mut relay = sb.relay(&up.url(), &["sh", "-c"], &[]);
+    assert_eq!(gw.request("GET", "/api/agents/me", &[], b"").status, 200);
     relay.signal("TERM");
     let exit = relay.wait_event("exit");
     assert_eq!(exit["reason"], "signal");
     assert_eq!(exit["forwarded"], 1);
     assert!(relay.wait_exit().success());
-    gw.signal("TERM");
-    let exit = gw.wait_event("exit");
+    gw_proc.signal("TERM");
+    let exit = gw_proc.wait_event("exit");
     assert_eq!(exit["requests"], 1);
-    assert!(gw.wait_exit().success());
+    assert!(gw_proc.wait_exit().success());
     // relay.json stays: it records the protocol, not liveness.
     assert!(Path::new(&sb.queue().join("relay.json")).exists());
 }
@@ -404,7 +387,7 @@ fn round_trip_with_only_busybox_in_the_sandbox() {
         eprintln!("skipped: busybox is not installed");
         return;
     };
-    let up = Upstream::start();
+    let up = MockUpstream::app();
     let sb = Sandbox::new();
     let bin = sb.path("bb");
     std::fs::create_dir(&bin).unwrap();
@@ -424,12 +407,11 @@ fn round_trip_with_only_busybox_in_the_sandbox() {
     std::fs::set_permissions(&prefix, std::fs::Permissions::from_mode(0o755)).unwrap();
     let prefix = prefix.display().to_string();
 
-    let (_gw, url) = sb.gateway(&[]);
-    let _relay = sb.relay(&up.url, &[&prefix, "-c"], &[]);
-    assert_eq!(agent(&url, "GET", "/api/agents/me", &[], b"").status, 200);
-    let file = random_bytes(150_000, 5);
-    let resp = agent(
-        &url,
+    let (_gw_proc, gw) = sb.gateway(&[]);
+    let _relay = sb.relay(&up.url(), &[&prefix, "-c"], &[]);
+    assert_eq!(gw.request("GET", "/api/agents/me", &[], b"").status, 200);
+    let file = pattern(150_000, 5);
+    let resp = gw.request(
         "POST",
         "/api/companies/c/issues/i/attachments",
         &[("content-type", "multipart/form-data; boundary=b")],

@@ -2,12 +2,12 @@
 //! same answers as over HTTP and never reach the upstream; the upstream credential never
 //! appears in a command's argv or environment, nor in any file in the sandbox.
 
-mod queue_support;
+mod support;
 
 use std::path::Path;
 
-use queue_support::*;
 use serde_json::json;
+use support::*;
 
 /// A request file as a gateway would write it, with `overrides` merged in.
 fn planted(id: &str, overrides: serde_json::Value) -> Vec<u8> {
@@ -29,9 +29,9 @@ fn plant(sb: &Sandbox, id: &str, bytes: &[u8]) {
 
 #[test]
 fn planted_request_files_get_the_http_denials_and_never_reach_the_upstream() {
-    let up = Upstream::start();
+    let up = MockUpstream::app();
     let sb = Sandbox::new();
-    let _relay = sb.relay(&up.url, &["sh", "-c"], &["--max-body-bytes", "1024"]);
+    let _relay = sb.relay(&up.url(), &["sh", "-c"], &["--max-body-bytes", "1024"]);
     let json_ct = json!({"content-type": "application/json"});
     let cases: Vec<(&str, Vec<u8>, u16, &str)> = vec![
         (
@@ -192,9 +192,9 @@ fn planted_request_files_get_the_http_denials_and_never_reach_the_upstream() {
 
 #[test]
 fn planted_credentials_and_framing_are_replaced_by_the_relays_own() {
-    let up = Upstream::start();
+    let up = MockUpstream::app();
     let sb = Sandbox::new();
-    let _relay = sb.relay(&up.url, &["sh", "-c"], &[]);
+    let _relay = sb.relay(&up.url(), &["sh", "-c"], &[]);
     let headers = json!({
         "authorization": "Bearer planted",
         "cookie": "a=b",
@@ -217,12 +217,15 @@ fn planted_credentials_and_framing_are_replaced_by_the_relays_own() {
     assert_eq!(read_json(&path)["status"], 201);
     let r = &up.requests()[0];
     assert_eq!(
-        r.header("authorization"),
-        Some(format!("Bearer {SECRET}").as_str())
+        r.header("authorization").as_deref(),
+        Some(format!("Bearer {UPSTREAM_TOKEN}").as_str())
     );
-    assert_eq!(r.header("x-paperclip-run-id"), Some(RUN_ID));
-    assert_eq!(r.header("host"), Some(up.url.trim_start_matches("http://")));
-    assert_eq!(r.header("content-length"), Some("2"));
+    assert_eq!(r.header("x-paperclip-run-id").as_deref(), Some(RUN_ID));
+    assert_eq!(
+        r.header("host"),
+        Some(up.url().trim_start_matches("http://").to_owned())
+    );
+    assert_eq!(r.header("content-length").as_deref(), Some("2"));
     assert!(r.header("cookie").is_none());
     assert!(r.header("x-forwarded-for").is_none());
     assert_eq!(r.body, b"{}");
@@ -242,19 +245,18 @@ fn all_files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
 
 #[test]
 fn the_credential_never_enters_the_sandbox() {
-    let up = Upstream::start();
+    let up = MockUpstream::app();
     let sb = Sandbox::new();
-    let (_gw, url) = sb.gateway(&[]);
+    let (_gw_proc, gw) = sb.gateway(&[]);
     let prefix = sb.counting_prefix();
     let prefix: Vec<&str> = prefix.iter().map(String::as_str).collect();
-    let mut relay = sb.relay(&up.url, &prefix, &[]);
+    let mut relay = sb.relay(&up.url(), &prefix, &[]);
     // The test has teeth: the secret is in the relay's environment and reaches the upstream.
     let environ = std::fs::read(format!("/proc/{}/environ", relay.pid())).unwrap();
-    assert!(String::from_utf8_lossy(&environ).contains(SECRET));
+    assert!(String::from_utf8_lossy(&environ).contains(UPSTREAM_TOKEN));
 
-    assert_eq!(agent(&url, "GET", "/api/agents/me", &[], b"").status, 200);
-    let r = agent(
-        &url,
+    assert_eq!(gw.request("GET", "/api/agents/me", &[], b"").status, 200);
+    let r = gw.request(
         "POST",
         "/api/issues/1/comments",
         &[("content-type", "application/json")],
@@ -264,14 +266,14 @@ fn the_credential_never_enters_the_sandbox() {
     assert!(up.requests()[0]
         .header("authorization")
         .unwrap()
-        .contains(SECRET));
+        .contains(UPSTREAM_TOKEN));
     relay.signal("TERM");
     relay.wait_event("exit");
 
     let commands = std::fs::read_to_string(sb.path("commands.env")).unwrap();
     assert!(commands.contains("ARGV"), "the wrapper ran");
     assert!(
-        !commands.contains(SECRET),
+        !commands.contains(UPSTREAM_TOKEN),
         "secret in a command's argv or environment"
     );
     assert!(
@@ -284,11 +286,11 @@ fn the_credential_never_enters_the_sandbox() {
     for f in files {
         let text = std::fs::read(&f).unwrap();
         assert!(
-            !String::from_utf8_lossy(&text).contains(SECRET),
+            !String::from_utf8_lossy(&text).contains(UPSTREAM_TOKEN),
             "secret written to {}",
             f.display()
         );
     }
-    let logs = std::fs::read_to_string(&relay.stderr_path).unwrap();
-    assert!(!logs.contains(SECRET), "secret in the relay's log");
+    let logs = relay.stderr_text();
+    assert!(!logs.contains(UPSTREAM_TOKEN), "secret in the relay's log");
 }

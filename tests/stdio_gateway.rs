@@ -2,11 +2,10 @@
 //! server: the READY line and preface on stdout, what each stream carries, what the agent gets
 //! when the session dies, and the gateway's own exit (SPEC §6.2).
 
-mod stdio_support;
+mod support;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::process::Stdio;
 
 use bytes::Bytes;
 use callback_bridge::transport::stdio::{io::Duplex, ready};
@@ -15,27 +14,29 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use stdio_support::*;
+use support::*;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
-use tokio::process::{Child, Command};
+use tokio::process::{ChildStdin, ChildStdout};
 use tokio::sync::mpsc;
 
 const NONCE: &str = "0123456789abcdef0123456789abcdef";
 
-/// A gateway started with its token and nonce in the environment; stdio piped to the test.
-fn gateway_command(port: u16) -> Command {
-    let mut cmd = Command::new(bin());
-    cmd.args(["gateway", "--transport", "stdio", "--listen"])
-        .arg(format!("127.0.0.1:{port}"))
-        .env("CALLBACK_BRIDGE_TOKEN", BRIDGE_TOKEN)
-        .env("CALLBACK_BRIDGE_NONCE", NONCE)
-        .env("CALLBACK_BRIDGE_LOG_FORMAT", "json")
-        .env_remove("PAPERCLIP_API_BRIDGE_MODE")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true);
-    cmd
+/// A gateway started with its token and nonce in the environment, its stdin and stdout handed
+/// to the test (they are the HTTP/2 channel); killed when the [`Proc`] is dropped.
+fn spawn_gateway(port: u16) -> (Proc, ChildStdin, ChildStdout) {
+    let listen = format!("127.0.0.1:{port}");
+    let cmd = bridge_command(
+        &["gateway", "--transport", "stdio", "--listen", &listen],
+        &[
+            ("CALLBACK_BRIDGE_TOKEN", BRIDGE_TOKEN),
+            ("CALLBACK_BRIDGE_NONCE", NONCE),
+            ("CALLBACK_BRIDGE_LOG_FORMAT", "json"),
+        ],
+    );
+    let (mut proc, stdout) = Proc::spawn_raw_stdout(cmd, "stdio gateway");
+    let stdin = ChildStdin::from_std(proc.take_stdin()).expect("async stdin");
+    let stdout = ChildStdout::from_std(stdout).expect("async stdout");
+    (proc, stdin, stdout)
 }
 
 /// What the fake relay does with each stream.
@@ -56,17 +57,15 @@ struct Stream {
 
 /// The gateway process and the fake relay serving its session.
 struct Session {
-    child: Child,
+    proc: Proc,
     agent: SocketAddr,
     streams: mpsc::UnboundedReceiver<Stream>,
     server: tokio::task::JoinHandle<()>,
 }
 
 async fn start_session(answer: Answer) -> Session {
-    let port = free_port();
-    let mut child = gateway_command(port).spawn().unwrap();
-    let stdin = child.stdin.take().unwrap();
-    let stdout = child.stdout.take().unwrap();
+    let port = closed_port();
+    let (proc, stdin, stdout) = spawn_gateway(port);
     let (stdout, prefix) = tokio::time::timeout(WAIT, ready::await_ready(stdout, NONCE))
         .await
         .expect("READY within the wait")
@@ -102,7 +101,7 @@ async fn start_session(answer: Answer) -> Session {
             .await;
     });
     Session {
-        child,
+        proc,
         agent: SocketAddr::from(([127, 0, 0, 1], port)),
         streams,
         server,
@@ -118,8 +117,8 @@ async fn next_stream(session: &mut Session) -> Stream {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_exactly_the_ready_line_then_the_http2_preface() {
-    let mut child = gateway_command(free_port()).spawn().unwrap();
-    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let (_gateway, _stdin, stdout) = spawn_gateway(closed_port());
+    let mut stdout = BufReader::new(stdout);
     let mut line = Vec::new();
     tokio::time::timeout(WAIT, stdout.read_until(b'\n', &mut line))
         .await
@@ -142,18 +141,17 @@ async fn session_loss_answers_503_or_409_and_the_gateway_exits_nonzero() {
     let agent = session.agent;
     let get = {
         let auth = auth.clone();
-        tokio::spawn(async move {
+        tokio::task::spawn_blocking(move || {
             request(
                 agent,
                 "GET",
                 "/api/agents/me",
                 &[("authorization", &auth)],
-                Send::Empty,
+                b"",
             )
-            .await
         })
     };
-    let post = tokio::spawn(async move {
+    let post = tokio::task::spawn_blocking(move || {
         request(
             agent,
             "POST",
@@ -162,9 +160,8 @@ async fn session_loss_answers_503_or_409_and_the_gateway_exits_nonzero() {
                 ("authorization", &auth),
                 ("content-type", "application/json"),
             ],
-            Send::Sized(b"{}".to_vec()),
+            b"{}",
         )
-        .await
     });
     // Both streams reached the relay: both are dispatched when the session dies.
     let mut methods = vec![
@@ -177,20 +174,18 @@ async fn session_loss_answers_503_or_409_and_the_gateway_exits_nonzero() {
 
     let get = get.await.unwrap();
     assert_eq!(get.status, 503);
-    assert_eq!(get.code(), "bridge_unavailable");
+    assert_eq!(get.json_code(), "bridge_unavailable");
     let post = post.await.unwrap();
     assert_eq!(post.status, 409);
-    assert_eq!(post.code(), "outcome_indeterminate");
+    assert_eq!(post.json_code(), "outcome_indeterminate");
     assert_eq!(post.json()["retryable"], false);
     assert_eq!(
         post.header("x-paperclip-bridge-outcome"),
         Some("indeterminate")
     );
 
-    let status = tokio::time::timeout(WAIT, session.child.wait())
-        .await
-        .expect("gateway exits after losing its session")
-        .unwrap();
+    // The gateway exits after losing its session (bounded by WAIT).
+    let status = session.proc.wait_exit();
     assert_eq!(status.code(), Some(1), "{status:?}");
 }
 
@@ -207,9 +202,8 @@ async fn streams_carry_the_token_and_indeterminate_answers_become_409() {
             ("content-type", "application/json"),
             ("cookie", "c=1"),
         ],
-        Send::Sized(b"{\"x\":1}".to_vec()),
-    )
-    .await;
+        b"{\"x\":1}",
+    );
     assert_eq!(got.status, 409);
     assert_eq!(got.header("x-bridge-error"), Some("outcome_indeterminate"));
     assert_eq!(got.json()["outcome"], "indeterminate");
@@ -243,24 +237,21 @@ async fn refuses_an_ephemeral_port_a_missing_token_or_a_missing_nonce() {
         ),
     ];
     for (what, args, unset) in cases {
-        let mut cmd = Command::new(bin());
-        cmd.args(["gateway", "--transport", "stdio"])
-            .args(args)
-            .env("CALLBACK_BRIDGE_TOKEN", BRIDGE_TOKEN)
-            .env("CALLBACK_BRIDGE_NONCE", NONCE)
-            .env_remove("PAPERCLIP_BRIDGE_TOKEN")
-            .env_remove("PAPERCLIP_BRIDGE_NONCE")
-            .env_remove("PAPERCLIP_BRIDGE_PORT")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+        let mut full = vec!["gateway", "--transport", "stdio"];
+        full.extend_from_slice(&args);
+        // No PAPERCLIP_BRIDGE_* aliases either (bridge_command clears them).
+        let mut cmd = bridge_command(
+            &full,
+            &[
+                ("CALLBACK_BRIDGE_TOKEN", BRIDGE_TOKEN),
+                ("CALLBACK_BRIDGE_NONCE", NONCE),
+            ],
+        );
         for name in unset {
             cmd.env_remove(name);
         }
-        let out = tokio::time::timeout(WAIT, cmd.output())
-            .await
-            .expect("exits at once")
-            .unwrap();
+        // Exits at once (bounded by WAIT).
+        let out = run_command(cmd, WAIT);
         assert_eq!(out.status.code(), Some(2), "{what}");
         assert!(out.stdout.is_empty(), "{what}: wrote to stdout");
     }
@@ -268,66 +259,61 @@ async fn refuses_an_ephemeral_port_a_missing_token_or_a_missing_nonce() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn accepts_paperclip_gateway_environment() {
-    let port = free_port();
-    let mut child = Command::new(bin())
-        .arg("gateway")
-        .env("PAPERCLIP_API_BRIDGE_MODE", "http2_v1")
-        .env("PAPERCLIP_BRIDGE_TOKEN", BRIDGE_TOKEN)
-        .env("PAPERCLIP_BRIDGE_NONCE", NONCE)
-        .env("PAPERCLIP_BRIDGE_HOST", "127.0.0.1")
-        .env("PAPERCLIP_BRIDGE_PORT", port.to_string())
-        .env_remove("CALLBACK_BRIDGE_TOKEN")
-        .env_remove("CALLBACK_BRIDGE_NONCE")
-        .env_remove("CALLBACK_BRIDGE_TRANSPORT")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
+    let port = closed_port();
+    let port_text = port.to_string();
+    // Paperclip's variables only: bridge_command clears every CALLBACK_BRIDGE_* variable.
+    let cmd = bridge_command(
+        &["gateway"],
+        &[
+            ("PAPERCLIP_API_BRIDGE_MODE", "http2_v1"),
+            ("PAPERCLIP_BRIDGE_TOKEN", BRIDGE_TOKEN),
+            ("PAPERCLIP_BRIDGE_NONCE", NONCE),
+            ("PAPERCLIP_BRIDGE_HOST", "127.0.0.1"),
+            ("PAPERCLIP_BRIDGE_PORT", &port_text),
+        ],
+    );
+    let (_gateway, stdout) = Proc::spawn_raw_stdout(cmd, "paperclip-style stdio gateway");
+    let stdout = ChildStdout::from_std(stdout).expect("async stdout");
     let _session = tokio::time::timeout(WAIT, ready::await_ready(stdout, NONCE))
         .await
         .expect("READY within the wait")
         .expect("READY with the Paperclip nonce");
     // READY is written after the bind: the agent-facing port answers now.
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    let health = request(addr, "GET", "/__bridge/health", &[], Send::Empty).await;
+    let health = request(addr, "GET", "/__bridge/health", &[], b"");
     assert_eq!(health.status, 200);
     let denied = request(
         addr,
         "GET",
         "/api/agents/me",
         &[("authorization", "Bearer wrong")],
-        Send::Empty,
-    )
-    .await;
+        b"",
+    );
     assert_eq!(denied.status, 401);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn works_under_a_node_http2_host_speaking_paperclip_http2_v1() {
-    let port = free_port();
-    let script = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/stdio_support/node_host.mjs"
-    );
-    let mut cmd = Command::new("node");
-    cmd.arg(script).arg(bin()).arg(port.to_string());
+    let port = closed_port();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/node_host.mjs");
+    let mut cmd = std::process::Command::new("node");
+    cmd.arg(script)
+        .arg(bridge_binary())
+        .arg(port.to_string())
+        .env("NODE_HOST_TOKEN", BRIDGE_TOKEN);
     let mut host = Proc::spawn(cmd, "node host");
-    let ready = host.next_json().await.expect("node host readiness");
+    let ready = host.next_json().expect("node host readiness");
     assert_eq!(ready["event"], "ready");
     let agent = SocketAddr::from(([127, 0, 0, 1], port));
-    let auth = "Bearer node-host-token-42";
+    let auth = &format!("Bearer {BRIDGE_TOKEN}");
 
     let got = request(
         agent,
         "GET",
         "/api/agents/me?q=1",
         &[("authorization", auth)],
-        Send::Empty,
-    )
-    .await;
+        b"",
+    );
     assert_eq!(got.status, 200, "{}", String::from_utf8_lossy(&got.body));
     let seen = got.json();
     assert_eq!(seen["method"], "GET");
@@ -335,17 +321,11 @@ async fn works_under_a_node_http2_host_speaking_paperclip_http2_v1() {
     assert_eq!(seen["authority"], "bridge.internal");
     assert_eq!(seen["token_ok"], true);
 
-    let got = request(
-        agent,
-        "POST",
-        "/api/issues/i1/comments",
-        &[
-            ("authorization", auth),
-            ("content-type", "application/json"),
-        ],
-        Send::Chunked(vec![b'x'; 100_000], 4096),
-    )
-    .await;
+    let got = Req::new("POST", "/api/issues/i1/comments")
+        .header("authorization", auth)
+        .header("content-type", "application/json")
+        .chunked_body(&[b'x'; 100_000], 4096)
+        .send(agent);
     assert_eq!(got.status, 200);
     assert_eq!(got.json()["body_bytes"], 100_000);
 
@@ -357,18 +337,16 @@ async fn works_under_a_node_http2_host_speaking_paperclip_http2_v1() {
             ("authorization", auth),
             ("content-type", "application/json"),
         ],
-        Send::Sized(b"{}".to_vec()),
-    )
-    .await;
+        b"{}",
+    );
     assert_eq!(got.status, 200);
     let got = request(
         agent,
         "DELETE",
         "/api/routine-triggers/indeterminate",
         &[("authorization", auth)],
-        Send::Empty,
-    )
-    .await;
+        b"",
+    );
     assert_eq!(got.status, 409, "indeterminate answer not turned into 409");
     host.signal("TERM");
 }

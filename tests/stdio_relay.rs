@@ -2,18 +2,18 @@
 //! gateway>` against a recording mock upstream, checking what the agent saw and what the
 //! upstream received (SPEC §6.2, §6.3).
 
-mod stdio_support;
+mod support;
 
 use std::time::Instant;
 
-use stdio_support::*;
+use support::*;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn round_trip_injects_the_credential_and_drops_caller_secrets() {
-    let upstream = MockUpstream::start().await;
-    let relay = Relay::start(&upstream, RelayOptions::default()).await;
+#[test]
+fn round_trip_injects_the_credential_and_drops_caller_secrets() {
+    let upstream = MockUpstream::app();
+    let relay = Relay::start(&upstream, RelayOptions::default());
     assert_eq!(relay.ready["transport"], "stdio");
-    assert_eq!(relay.ready["pid"], relay.proc.pid);
+    assert_eq!(relay.ready["pid"], relay.proc.pid());
     assert_eq!(
         relay.token.len(),
         43,
@@ -22,7 +22,7 @@ async fn round_trip_injects_the_credential_and_drops_caller_secrets() {
     let auth = relay.auth();
 
     let got = request(
-        relay.agent,
+        relay.addr,
         "GET",
         "/api/agents/me?view=full&x=%2F",
         &[
@@ -31,23 +31,25 @@ async fn round_trip_injects_the_credential_and_drops_caller_secrets() {
             ("x-api-key", "agent-key"),
             ("accept", "application/json"),
         ],
-        Send::Empty,
-    )
-    .await;
+        b"",
+    );
     assert_eq!(got.status, 200, "{:?}", String::from_utf8_lossy(&got.body));
     assert_eq!(got.json()["target"], "/api/agents/me?view=full&x=%2F");
     assert!(got.header("x-request-id").is_some());
     assert!(got.header("set-cookie").is_none(), "upstream cookie leaked");
-    assert!(got.header("x-upstream-internal").is_none());
+    assert!(got.header("x-upstream-private").is_none());
 
     let seen = upstream.find("/api/agents/me?view=full&x=%2F");
-    let expected_auth = format!("Bearer {UPSTREAM_SECRET}");
-    assert_eq!(seen.headers["authorization"], expected_auth.as_str());
-    assert_eq!(seen.headers["accept"], "application/json");
+    let expected_auth = format!("Bearer {UPSTREAM_TOKEN}");
+    assert_eq!(
+        seen.header("authorization").as_deref(),
+        Some(expected_auth.as_str())
+    );
+    assert_eq!(seen.header("accept").as_deref(), Some("application/json"));
     for dropped in ["cookie", "x-api-key"] {
-        assert!(!seen.headers.contains_key(dropped), "{dropped} forwarded");
+        assert!(!seen.has_header(dropped), "{dropped} forwarded");
     }
-    let all_headers = format!("{:?}", seen.headers);
+    let all_headers = seen.headers_text();
     assert!(
         !all_headers.contains(&relay.token),
         "bridge token went upstream"
@@ -55,24 +57,24 @@ async fn round_trip_injects_the_credential_and_drops_caller_secrets() {
 
     let comment = br#"{"body":"done"}"#.to_vec();
     let got = request(
-        relay.agent,
+        relay.addr,
         "POST",
         "/api/issues/ISS-1/comments",
         &[
             ("authorization", &auth),
             ("content-type", "application/json"),
         ],
-        Send::Sized(comment.clone()),
-    )
-    .await;
-    assert_eq!(got.status, 200);
+        &comment,
+    );
+    // The mock upstream answers a POST with 201 and the body echoed.
+    assert_eq!(got.status, 201);
     assert_eq!(got.body, comment);
     assert_eq!(upstream.find("/api/issues/ISS-1/comments").body, comment);
 
-    let health = request(relay.agent, "GET", "/__bridge/health", &[], Send::Empty).await;
+    let health = request(relay.addr, "GET", "/__bridge/health", &[], b"");
     assert_eq!(health.status, 200);
 
-    let (exit, status) = relay.stop().await;
+    let (exit, status) = relay.stop();
     assert!(status.success(), "relay exit status {status:?}");
     assert_eq!(exit["event"], "exit");
     assert_eq!(exit["reason"], "signal");
@@ -80,31 +82,24 @@ async fn round_trip_injects_the_credential_and_drops_caller_secrets() {
     assert_eq!(exit["forwarded"], 2, "{exit}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn answers_64_concurrent_requests_each_with_its_own_response() {
-    let upstream = MockUpstream::start().await;
-    let relay = Relay::start(&upstream, RelayOptions::default()).await;
+#[test]
+fn answers_64_concurrent_requests_each_with_its_own_response() {
+    let upstream = MockUpstream::app();
+    let relay = Relay::start(&upstream, RelayOptions::default());
     let auth = relay.auth();
-    let mut tasks = tokio::task::JoinSet::new();
+    let mut tasks = Vec::new();
     for i in 0..64 {
         let auth = auth.clone();
-        let agent = relay.agent;
-        tasks.spawn(async move {
+        let agent = relay.addr;
+        tasks.push(background(move || {
             let target = format!("/api/issues/ISS-{i}");
-            let got = request(
-                agent,
-                "GET",
-                &target,
-                &[("authorization", &auth)],
-                Send::Empty,
-            )
-            .await;
+            let got = request(agent, "GET", &target, &[("authorization", &auth)], b"");
             (target, got)
-        });
+        }));
     }
     let mut answered = 0;
-    while let Some(joined) = tasks.join_next().await {
-        let (target, got) = joined.unwrap();
+    for task in tasks {
+        let (target, got) = task.join().unwrap();
         assert_eq!(
             got.status,
             200,
@@ -115,66 +110,62 @@ async fn answers_64_concurrent_requests_each_with_its_own_response() {
         answered += 1;
     }
     assert_eq!(answered, 64);
-    assert_eq!(upstream.seen().len(), 64);
+    assert_eq!(upstream.requests().len(), 64);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn binary_bodies_are_byte_exact_both_ways() {
-    let upstream = MockUpstream::start().await;
-    let relay = Relay::start(&upstream, RelayOptions::default()).await;
+#[test]
+fn binary_bodies_are_byte_exact_both_ways() {
+    let upstream = MockUpstream::app();
+    let relay = Relay::start(&upstream, RelayOptions::default());
     let auth = relay.auth();
     let content_type = "multipart/form-data; boundary=XyZ";
     let target = "/api/companies/c1/issues/i1/attachments";
-    for (i, body) in [
-        Send::Sized(pattern(300 * 1024 + 3, 1)),
-        Send::Chunked(pattern(2 * 1024 * 1024 + 5, 2), 64 * 1024),
+    // With `content-length`, then chunked in 64 KiB pieces.
+    for (i, (expected, chunk)) in [
+        (pattern(300 * 1024 + 3, 1), None),
+        (pattern(2 * 1024 * 1024 + 5, 2), Some(64 * 1024)),
     ]
     .into_iter()
     .enumerate()
     {
-        let expected = match &body {
-            Send::Sized(b) | Send::Chunked(b, _) => b.clone(),
-            Send::Empty => unreachable!(),
+        let req = Req::new("POST", target)
+            .header("authorization", &auth)
+            .header("content-type", content_type);
+        let req = match chunk {
+            None => req.raw_body("POST", &expected),
+            Some(piece) => req.chunked_body(&expected, piece),
         };
-        let got = request(
-            relay.agent,
-            "POST",
-            target,
-            &[("authorization", &auth), ("content-type", content_type)],
-            body,
-        )
-        .await;
-        assert_eq!(got.status, 200, "upload {i}");
+        let got = req.send(relay.addr);
+        // The mock upstream answers a POST with 201 and the body echoed.
+        assert_eq!(got.status, 201, "upload {i}");
         assert!(got.body == expected, "upload {i}: echoed body differs");
-        let seen = &upstream.seen()[i];
+        let seen = &upstream.requests()[i];
         assert!(seen.body == expected, "upload {i}: upstream body differs");
     }
     let got = request(
-        relay.agent,
+        relay.addr,
         "GET",
         "/api/attachments/a1/content",
         &[("authorization", &auth)],
-        Send::Empty,
-    )
-    .await;
+        b"",
+    );
     assert_eq!(got.status, 200);
     assert_eq!(got.header("content-type"), Some("application/octet-stream"));
     assert!(got.body == pattern(ATTACHMENT_BYTES, 7), "download differs");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn restarts_a_killed_gateway_and_the_agent_url_keeps_working() {
-    let upstream = MockUpstream::start().await;
-    let relay = Relay::start(&upstream, RelayOptions::default()).await;
+#[test]
+fn restarts_a_killed_gateway_and_the_agent_url_keeps_working() {
+    let upstream = MockUpstream::app();
+    let relay = Relay::start(&upstream, RelayOptions::default());
     let auth = relay.auth();
     let before = request(
-        relay.agent,
+        relay.addr,
         "GET",
         "/api/agents/me",
         &[("authorization", &auth)],
-        Send::Empty,
-    )
-    .await;
+        b"",
+    );
     assert_eq!(before.status, 200);
     let first = relay.gateway_pid();
     signal(first, "KILL");
@@ -182,19 +173,15 @@ async fn restarts_a_killed_gateway_and_the_agent_url_keeps_working() {
     // Poll the same URL (bounded) until the restarted gateway answers.
     let deadline = Instant::now() + WAIT;
     let after = loop {
-        match try_request(
-            relay.agent,
-            "GET",
-            "/api/agents/me",
-            &[("authorization", &auth)],
-        )
-        .await
+        match Req::new("GET", "/api/agents/me")
+            .header("authorization", &auth)
+            .try_send(relay.addr)
         {
             Ok(r) if r.status == 200 => break r,
             // Connection refused while the port is unbound, or 503 from a dying gateway.
             other => {
                 assert!(Instant::now() < deadline, "no recovery: last {other:?}");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                std::thread::sleep(std::time::Duration::from_millis(50));
             }
         }
     };
@@ -202,14 +189,14 @@ async fn restarts_a_killed_gateway_and_the_agent_url_keeps_working() {
     let second = relay.gateway_pid();
     assert_ne!(first, second, "the gateway was not restarted");
 
-    let (exit, status) = relay.stop().await;
+    let (exit, status) = relay.stop();
     assert!(status.success());
     assert_eq!(exit["reason"], "signal");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn gives_up_with_exit_1_after_five_failed_restarts() {
-    let upstream = MockUpstream::start().await;
+#[test]
+fn gives_up_with_exit_1_after_five_failed_restarts() {
+    let upstream = MockUpstream::app();
     let marker = tempfile::tempdir().unwrap();
     let flag = marker.path().join("started");
     // Only the first launch starts a gateway; every restart fails before READY.
@@ -223,22 +210,21 @@ async fn gives_up_with_exit_1_after_five_failed_restarts() {
             shell_prefix: Some(&prefix),
             ..Default::default()
         },
-    )
-    .await;
+    );
     let mut relay = relay;
     signal(relay.gateway_pid(), "KILL");
-    let exit = relay.proc.next_json().await.expect("exit line");
-    let status = relay.proc.wait().await;
+    let exit = relay.proc.next_json().expect("exit line");
+    let status = relay.proc.wait_exit();
     assert_eq!(status.code(), Some(1), "exit status {status:?}");
     assert_eq!(exit["event"], "exit");
     assert_eq!(exit["reason"], "transport");
     let restarts = relay
         .proc
-        .stderr()
+        .stderr_lines()
         .iter()
         .filter(|l| l.contains("restarting the gateway command\""))
         .count();
-    assert_eq!(restarts, 5, "{:#?}", relay.proc.stderr());
+    assert_eq!(restarts, 5, "{:#?}", relay.proc.stderr_lines());
 }
 
 /// The denial cases of SPEC §4 as raw requests (`{auth}` is replaced by the bridge token).
@@ -257,11 +243,11 @@ const DENIALS: &[(&str, &str)] = &[
 ];
 
 /// `serve` against the same upstream with the same supplied token, for side-by-side answers.
-async fn start_serve(upstream: &MockUpstream) -> (Proc, std::net::SocketAddr) {
-    let mut cmd = bridge_command(upstream);
-    cmd.env("CALLBACK_BRIDGE_TOKEN", BRIDGE_TOKEN).arg("serve");
+fn start_serve(upstream: &MockUpstream) -> (Proc, std::net::SocketAddr) {
+    let mut cmd = relay_command(upstream, &["serve"]);
+    cmd.env("CALLBACK_BRIDGE_TOKEN", BRIDGE_TOKEN);
     let mut serve = Proc::spawn(cmd, "serve");
-    let ready = serve.next_json().await.expect("serve readiness line");
+    let ready = serve.next_json().expect("serve readiness line");
     let addr = ready["url"]
         .as_str()
         .unwrap()
@@ -271,25 +257,24 @@ async fn start_serve(upstream: &MockUpstream) -> (Proc, std::net::SocketAddr) {
     (serve, addr)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn denials_are_identical_to_serve() {
-    let upstream = MockUpstream::start().await;
+#[test]
+fn denials_are_identical_to_serve() {
+    let upstream = MockUpstream::app();
     let relay = Relay::start(
         &upstream,
         RelayOptions {
             supplied_token: true,
             ..Default::default()
         },
-    )
-    .await;
-    let (_serve, serve_addr) = start_serve(&upstream).await;
+    );
+    let (_serve, serve_addr) = start_serve(&upstream);
 
     let auth = format!("Bearer {BRIDGE_TOKEN}");
     for (code, raw) in DENIALS {
         let raw = raw.replace("{auth}", &auth);
-        let direct = raw_request(serve_addr, raw.as_bytes()).await;
-        let via_stdio = raw_request(relay.agent, raw.as_bytes()).await;
-        assert_eq!(direct.code(), *code, "serve: {raw:?}");
+        let direct = raw_request(serve_addr, raw.as_bytes());
+        let via_stdio = raw_request(relay.addr, raw.as_bytes());
+        assert_eq!(direct.json_code(), *code, "serve: {raw:?}");
         assert_eq!(via_stdio.status, direct.status, "{raw:?}");
         assert_eq!(via_stdio.body, direct.body, "{raw:?}");
         for h in ["content-type", "x-bridge-error", "connection"] {
@@ -297,14 +282,14 @@ async fn denials_are_identical_to_serve() {
         }
     }
     assert!(
-        upstream.seen().is_empty(),
+        upstream.requests().is_empty(),
         "a denied request reached the upstream"
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tolerates_output_before_the_ready_line() {
-    let upstream = MockUpstream::start().await;
+#[test]
+fn tolerates_output_before_the_ready_line() {
+    let upstream = MockUpstream::app();
     let junk = r#"echo 'Welcome to the sandbox'; echo; echo '{"type":"banner"}'; printf '\033[?2004l\r\n'; echo '$ exec callback-bridge gateway --transport stdio'"#;
     let relay = Relay::start(
         &upstream,
@@ -312,53 +297,59 @@ async fn tolerates_output_before_the_ready_line() {
             shell_prefix: Some(junk),
             ..Default::default()
         },
-    )
-    .await;
+    );
     let got = request(
-        relay.agent,
+        relay.addr,
         "GET",
         "/api/agents/me",
         &[("authorization", &relay.auth())],
-        Send::Empty,
-    )
-    .await;
+        b"",
+    );
     assert_eq!(got.status, 200);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn refuses_a_ready_line_with_another_nonce() {
-    let upstream = MockUpstream::start().await;
-    let mut cmd = bridge_command(&upstream);
-    cmd.args(["relay", "--transport", "stdio", "--", "sh", "-c"])
-        .arg(r#"echo '{"version":2,"type":"ready","nonce":"not-the-relays"}'; printf 'PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n'; exec sleep 30"#);
+#[test]
+fn refuses_a_ready_line_with_another_nonce() {
+    let upstream = MockUpstream::app();
+    let mut cmd = relay_command(
+        &upstream,
+        &["relay", "--transport", "stdio", "--", "sh", "-c"],
+    );
+    cmd.arg(r#"echo '{"version":2,"type":"ready","nonce":"not-the-relays"}'; printf 'PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n'; exec sleep 30"#);
     let mut relay = Proc::spawn(cmd, "relay");
-    let first = relay.next_json().await.expect("a stdout line");
+    let first = relay.next_json().expect("a stdout line");
     assert_eq!(
         first["event"], "exit",
         "became ready with a foreign nonce: {first}"
     );
     assert_eq!(first["reason"], "transport");
-    let status = relay.wait().await;
+    let status = relay.wait_exit();
     assert_eq!(status.code(), Some(1));
     assert!(
-        relay.stderr().iter().any(|l| l.contains("different nonce")),
+        relay
+            .stderr_lines()
+            .iter()
+            .any(|l| l.contains("different nonce")),
         "{:#?}",
-        relay.stderr()
+        relay.stderr_lines()
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_credential_never_reaches_the_gateway_environment_or_argv() {
-    let upstream = MockUpstream::start().await;
-    let relay = Relay::start(&upstream, RelayOptions::default()).await;
+#[test]
+fn the_credential_never_reaches_the_gateway_environment_or_argv() {
+    let upstream = MockUpstream::app();
+    let relay = Relay::start(&upstream, RelayOptions::default());
     let gateway = relay.gateway_pid();
     let environ = proc_strings(gateway, "environ");
     let argv = proc_strings(gateway, "cmdline");
     assert!(!environ.is_empty(), "cannot read the gateway's environment");
     for entry in environ.iter().chain(&argv) {
-        assert!(!entry.contains(UPSTREAM_SECRET), "credential in {entry:?}");
+        assert!(!entry.contains(UPSTREAM_TOKEN), "credential in {entry:?}");
     }
-    for arg in argv.iter().chain(&proc_strings(relay.proc.pid, "cmdline")) {
+    for arg in argv
+        .iter()
+        .chain(&proc_strings(relay.proc.pid(), "cmdline"))
+    {
         assert!(!arg.contains(&relay.token), "bridge token in argv {arg:?}");
     }
     let expected = format!("CALLBACK_BRIDGE_TOKEN={}", relay.token);
@@ -372,9 +363,9 @@ async fn the_credential_never_reaches_the_gateway_environment_or_argv() {
         .any(|e| e.starts_with("CALLBACK_BRIDGE_UPSTREAM")));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn stdin_handshake_keeps_token_and_nonce_out_of_the_environment() {
-    let upstream = MockUpstream::start().await;
+#[test]
+fn stdin_handshake_keeps_token_and_nonce_out_of_the_environment() {
+    let upstream = MockUpstream::app();
     let relay = Relay::start(
         &upstream,
         RelayOptions {
@@ -383,47 +374,47 @@ async fn stdin_handshake_keeps_token_and_nonce_out_of_the_environment() {
             supplied_token: true,
             ..Default::default()
         },
-    )
-    .await;
+    );
     let got = request(
-        relay.agent,
+        relay.addr,
         "GET",
         "/api/agents/me",
         &[("authorization", &relay.auth())],
-        Send::Empty,
-    )
-    .await;
+        b"",
+    );
     assert_eq!(got.status, 200);
     let gateway = relay.gateway_pid();
     let environ = proc_strings(gateway, "environ");
     assert!(!environ.is_empty(), "cannot read the gateway's environment");
     for entry in environ.iter().chain(&proc_strings(gateway, "cmdline")) {
         assert!(!entry.contains(BRIDGE_TOKEN), "bridge token in {entry:?}");
-        assert!(!entry.contains(UPSTREAM_SECRET), "credential in {entry:?}");
+        assert!(!entry.contains(UPSTREAM_TOKEN), "credential in {entry:?}");
         assert!(!entry.starts_with("CALLBACK_BRIDGE_NONCE="));
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_missing_command_fails_at_once() {
-    let upstream = MockUpstream::start().await;
-    let mut cmd = bridge_command(&upstream);
-    cmd.args([
-        "relay",
-        "--transport",
-        "stdio",
-        "--",
-        "/nonexistent/callback-bridge",
-    ]);
+#[test]
+fn a_missing_command_fails_at_once() {
+    let upstream = MockUpstream::app();
+    let cmd = relay_command(
+        &upstream,
+        &[
+            "relay",
+            "--transport",
+            "stdio",
+            "--",
+            "/nonexistent/callback-bridge",
+        ],
+    );
     let mut relay = Proc::spawn(cmd, "relay");
-    let first = relay.next_json().await.expect("exit line");
+    let first = relay.next_json().expect("exit line");
     assert_eq!(first["event"], "exit");
-    assert_eq!(relay.wait().await.code(), Some(1));
+    assert_eq!(relay.wait_exit().code(), Some(1));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_relay_reapplies_the_policy_when_the_gateway_is_lax() {
-    let upstream = MockUpstream::start().await;
+#[test]
+fn the_relay_reapplies_the_policy_when_the_gateway_is_lax() {
+    let upstream = MockUpstream::app();
     // A gateway whose own allowlist lets a secrets route through: only the relay stands between
     // the sandbox and the upstream.
     let dir = tempfile::tempdir().unwrap();
@@ -440,16 +431,15 @@ async fn the_relay_reapplies_the_policy_when_the_gateway_is_lax() {
             supplied_token: true,
             ..Default::default()
         },
-    )
-    .await;
-    let (_serve, serve_addr) = start_serve(&upstream).await;
+    );
+    let (_serve, serve_addr) = start_serve(&upstream);
     let raw = format!(
         "GET /api/companies/c1/secrets HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {BRIDGE_TOKEN}\r\n\r\n"
     );
-    let direct = raw_request(serve_addr, raw.as_bytes()).await;
-    let via_stdio = raw_request(relay.agent, raw.as_bytes()).await;
+    let direct = raw_request(serve_addr, raw.as_bytes());
+    let via_stdio = raw_request(relay.addr, raw.as_bytes());
     assert_eq!(direct.status, 403);
-    assert_eq!(direct.code(), "route_not_allowed");
+    assert_eq!(direct.json_code(), "route_not_allowed");
     assert_eq!(via_stdio.status, direct.status);
     assert_eq!(via_stdio.body, direct.body);
     assert_eq!(
@@ -457,14 +447,14 @@ async fn the_relay_reapplies_the_policy_when_the_gateway_is_lax() {
         direct.header("x-bridge-error")
     );
     assert!(
-        upstream.seen().is_empty(),
+        upstream.requests().is_empty(),
         "the secrets route reached the upstream"
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_relay_refuses_streams_with_a_forged_token() {
-    let upstream = MockUpstream::start().await;
+#[test]
+fn the_relay_refuses_streams_with_a_forged_token() {
+    let upstream = MockUpstream::app();
     // A hostile sandbox replaces the token it was given with its own.
     let relay = Relay::start(
         &upstream,
@@ -472,56 +462,56 @@ async fn the_relay_refuses_streams_with_a_forged_token() {
             shell_prefix: Some("CALLBACK_BRIDGE_TOKEN=forged-token; export CALLBACK_BRIDGE_TOKEN"),
             ..Default::default()
         },
-    )
-    .await;
-    let (_serve, serve_addr) = start_serve(&upstream).await;
+    );
+    let (_serve, serve_addr) = start_serve(&upstream);
     let raw =
         "GET /api/agents/me HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer forged-token\r\n\r\n";
-    let via_stdio = raw_request(relay.agent, raw.as_bytes()).await;
-    let direct = raw_request(serve_addr, raw.as_bytes()).await;
+    let via_stdio = raw_request(relay.addr, raw.as_bytes());
+    let direct = raw_request(serve_addr, raw.as_bytes());
     assert_eq!(via_stdio.status, 401);
-    assert_eq!(via_stdio.code(), "invalid_token");
+    assert_eq!(via_stdio.json_code(), "invalid_token");
     assert_eq!(via_stdio.body, direct.body);
     assert_eq!(via_stdio.header("connection"), Some("close"));
     assert!(
-        upstream.seen().is_empty(),
+        upstream.requests().is_empty(),
         "a forged stream reached the upstream"
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn serves_a_node_http2_gateway_speaking_paperclip_http2_v1() {
-    node_gateway_round_trip(false).await;
+#[test]
+fn serves_a_node_http2_gateway_speaking_paperclip_http2_v1() {
+    node_gateway_round_trip(false);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn streams_ended_by_an_empty_data_frame_have_no_body() {
+#[test]
+fn streams_ended_by_an_empty_data_frame_have_no_body() {
     // A bodiless GET whose stream ends with an empty DATA frame must not look like a GET with a
     // body (400); real bodies still arrive byte-exact.
-    node_gateway_round_trip(true).await;
+    node_gateway_round_trip(true);
 }
 
-async fn node_gateway_round_trip(end_with_data: bool) {
-    let upstream = MockUpstream::start().await;
-    let port = free_port();
+fn node_gateway_round_trip(end_with_data: bool) {
+    let upstream = MockUpstream::app();
+    let port = closed_port();
     let script = concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/tests/stdio_support/node_gateway.mjs"
+        "/tests/support/node_gateway.mjs"
     );
     // Paperclip's gateway reads PAPERCLIP_BRIDGE_*: an adapter maps the names in the launch command.
     let launch = format!(
         "PAPERCLIP_BRIDGE_TOKEN=\"$CALLBACK_BRIDGE_TOKEN\" PAPERCLIP_BRIDGE_NONCE=\"$CALLBACK_BRIDGE_NONCE\" \
          PAPERCLIP_BRIDGE_PORT={port} exec node '{script}'"
     );
-    let mut cmd = bridge_command(&upstream);
-    cmd.env("CALLBACK_BRIDGE_TOKEN", BRIDGE_TOKEN)
-        .env(
-            "NODE_GATEWAY_END_WITH_DATA",
-            if end_with_data { "1" } else { "0" },
-        )
-        .args(["relay", "--transport", "stdio", "--", "sh", "-c", &launch]);
+    let mut cmd = relay_command(
+        &upstream,
+        &["relay", "--transport", "stdio", "--", "sh", "-c", &launch],
+    );
+    cmd.env("CALLBACK_BRIDGE_TOKEN", BRIDGE_TOKEN).env(
+        "NODE_GATEWAY_END_WITH_DATA",
+        if end_with_data { "1" } else { "0" },
+    );
     let mut relay = Proc::spawn(cmd, "relay");
-    let ready = relay.next_json().await.expect("relay readiness line");
+    let ready = relay.next_json().expect("relay readiness line");
     assert_eq!(ready["event"], "ready", "{ready}");
     let agent: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let auth = format!("Bearer {BRIDGE_TOKEN}");
@@ -531,15 +521,17 @@ async fn node_gateway_round_trip(end_with_data: bool) {
         "GET",
         "/api/agents/me?x=1",
         &[("authorization", &auth)],
-        Send::Empty,
-    )
-    .await;
+        b"",
+    );
     assert_eq!(got.status, 200, "{}", String::from_utf8_lossy(&got.body));
     assert_eq!(got.json()["target"], "/api/agents/me?x=1");
-    let expected_auth = format!("Bearer {UPSTREAM_SECRET}");
+    let expected_auth = format!("Bearer {UPSTREAM_TOKEN}");
     assert_eq!(
-        upstream.find("/api/agents/me?x=1").headers["authorization"],
-        expected_auth.as_str()
+        upstream
+            .find("/api/agents/me?x=1")
+            .header("authorization")
+            .as_deref(),
+        Some(expected_auth.as_str())
     );
 
     let bytes = pattern(200 * 1024 + 1, 3);
@@ -551,10 +543,10 @@ async fn node_gateway_round_trip(end_with_data: bool) {
             ("authorization", &auth),
             ("content-type", "multipart/form-data; boundary=b"),
         ],
-        Send::Sized(bytes.clone()),
-    )
-    .await;
-    assert_eq!(got.status, 200);
+        &bytes,
+    );
+    // The mock upstream answers a POST with 201 and the body echoed.
+    assert_eq!(got.status, 201);
     assert!(
         got.body == bytes,
         "binary body differs through the Node gateway"
@@ -566,13 +558,12 @@ async fn node_gateway_round_trip(end_with_data: bool) {
         "GET",
         "/api/companies/c1/secrets",
         &[("authorization", &auth)],
-        Send::Empty,
-    )
-    .await;
+        b"",
+    );
     assert_eq!(denied.status, 403);
-    assert_eq!(denied.code(), "route_not_allowed");
+    assert_eq!(denied.json_code(), "route_not_allowed");
     assert_eq!(
-        upstream.seen().len(),
+        upstream.requests().len(),
         2,
         "the denied request reached the upstream"
     );

@@ -2,7 +2,7 @@
 //! assertions on what the mock upstream saw, and the bridge process's resources (file
 //! descriptors, resident memory) read from `/proc`.
 
-use std::time::Instant;
+use std::process::Command;
 
 use super::*;
 
@@ -148,21 +148,6 @@ pub fn rss_kib(pid: u32) -> u64 {
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap_or_else(|| panic!("no VmRSS in /proc/{pid}/status"))
-}
-
-/// Polls `cond` (cheap, local: `/proc` reads) until it holds or [`WAIT`] passes; returns whether
-/// it held. For conditions with no event to wait on, such as a process closing descriptors.
-pub fn eventually(mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        if cond() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 /// The soft `RLIMIT_NOFILE` of this process, raised towards `wanted` (up to the hard limit) with

@@ -3,14 +3,14 @@
 // the READY line with its nonce, then serves HTTP/2 (Node's server, nghttp2) on the gateway's
 // stdout/stdin. Each stream is answered with JSON describing what the host received; a path
 // ending in /indeterminate is answered 504 + `x-paperclip-bridge-outcome: indeterminate`.
-// Usage: node node_host.mjs <callback-bridge binary> <agent port>. Prints {"event":"ready"} on
-// stdout once the session is up.
+// Usage: NODE_HOST_TOKEN=<bridge token> node node_host.mjs <callback-bridge binary> <agent port>.
+// Prints {"event":"ready"} on stdout once the session is up.
 import { spawn } from "node:child_process";
 import http2 from "node:http2";
 import { Duplex } from "node:stream";
 
 const [bin, port] = process.argv.slice(2);
-const token = "node-host-token-42";
+const token = process.env.NODE_HOST_TOKEN;
 const nonce = "feedfacecafebeef0123456789abcdef";
 
 const child = spawn(bin, ["gateway"], {
