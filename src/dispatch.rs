@@ -11,11 +11,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Method, Response};
+use http::header::{HeaderValue, CONNECTION, CONTENT_LENGTH};
+use http::{HeaderMap, Method, Response};
 
 use crate::body::{BodyState, BoxError, BridgeBody};
 use crate::limits::BoxFuture;
-use crate::policy::{Allow, Deny, DenyCode};
+use crate::policy::{Allow, Deny, DenyCode, HeaderRules};
+use crate::respond::{X_BRIDGE_ERROR, X_OUTCOME};
 
 /// A request body any dispatcher accepts: hyper's HTTP/1 and HTTP/2 bodies, a peeked HTTP/2 body,
 /// or bytes read from a queue file.
@@ -148,6 +150,11 @@ pub enum ForwardError {
     /// The drain deadline passed. `sent`: the request may have reached the next hop.
     #[error("shutting down")]
     ShuttingDown { sent: bool },
+    /// The next hop answered that the outcome is unknown (`x-paperclip-bridge-outcome:
+    /// indeterminate`, which Paperclip's host writes with a 504). The agent gets the bridge's own
+    /// 409, whatever the method.
+    #[error("the {hop} reported an indeterminate outcome")]
+    ReportedIndeterminate { hop: Hop },
 }
 
 /// Methods whose repetition has no effect (RFC 9110 safe methods).
@@ -186,6 +193,7 @@ impl ForwardError {
             | ForwardError::BadResponse { .. }
             | ForwardError::TimedOut { .. }
             | ForwardError::ResponseTooLarge { .. }
+            | ForwardError::ReportedIndeterminate { .. }
             | ForwardError::ShuttingDown { sent: true } => true,
         }
     }
@@ -283,8 +291,52 @@ impl ForwardError {
                 DenyCode::ShuttingDown,
                 "The bridge is shutting down",
             ),
+            ForwardError::ReportedIndeterminate { .. } => Deny::new(
+                DenyCode::OutcomeIndeterminate,
+                "The upstream may or may not have applied this request; do not retry it blindly",
+            ),
         }
     }
+}
+
+/// A relay's answer as the agent gets it, the same for both gateways: a response marked
+/// indeterminate becomes the bridge's own 409; only allowlisted response headers and the relay's
+/// `x-bridge-error` pass (a HEAD keeps its declared length); a denial the relay made closes the
+/// agent's connection exactly as `serve` would.
+pub fn relay_answer(
+    status: http::StatusCode,
+    relayed: &HeaderMap,
+    rules: &HeaderRules,
+    is_head: bool,
+) -> Result<HeaderMap, ForwardError> {
+    let indeterminate = relayed.get(X_OUTCOME).is_some_and(|v| {
+        std::str::from_utf8(v.as_bytes())
+            .is_ok_and(|v| v.trim().eq_ignore_ascii_case("indeterminate"))
+    });
+    if indeterminate {
+        return Err(ForwardError::ReportedIndeterminate { hop: Hop::Relay });
+    }
+    let mut headers = rules.filter_response(relayed);
+    if let Some(code) = relayed.get(X_BRIDGE_ERROR) {
+        headers.insert(X_BRIDGE_ERROR, code.clone());
+    }
+    if is_head {
+        if let Some(length) = relayed.get(CONTENT_LENGTH) {
+            headers.insert(CONTENT_LENGTH, length.clone());
+        }
+    }
+    let closes = headers
+        .get(X_BRIDGE_ERROR)
+        .and_then(|v| {
+            DenyCode::ALL
+                .iter()
+                .find(|c| c.as_str().as_bytes() == v.as_bytes())
+        })
+        .is_some_and(|code| code.status() == status && code.closes_connection());
+    if closes {
+        headers.insert(CONNECTION, HeaderValue::from_static("close"));
+    }
+    Ok(headers)
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@
 //! bridge misread reaches the upstream as written. Each case therefore asserts what the agent got
 //! (a 400 — from the bridge or hyper's parser — or a normal answer) *and* what the upstream saw:
 //! nothing, or exactly the one request the agent meant, framed by the bridge, never the smuggled
-//! one. Where SPEC §4 step 6 lets hyper resolve a case safely, both outcomes are accepted.
+//! one. Where docs/reference.md §4 step 6 lets hyper resolve a case safely, both outcomes are accepted.
 
 mod support;
 
@@ -119,7 +119,7 @@ fn cl_te_desync_never_delivers_the_smuggled_request() {
     ] {
         let bytes = format!("{}{payload}", post(&framing));
         // hyper lets Transfer-Encoding win, drops Content-Length and closes after the response
-        // (SPEC §4 step 6): the upstream gets the empty chunked body, never the smuggled request.
+        // (docs/reference.md §4 step 6): the upstream gets the empty chunked body, never the smuggled request.
         check_framing_case(what, bytes.as_bytes(), Outcome::RejectedOrForwarded(b""));
     }
 }

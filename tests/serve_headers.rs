@@ -1,4 +1,4 @@
-//! Header handling (SPEC §4 step 9, §4.4): only allowlisted request headers reach the upstream,
+//! Header handling (docs/reference.md §4 step 9, §4.4): only allowlisted request headers reach the upstream,
 //! the caller's credentials never do, the bridge sets credential, run id and host itself; only
 //! allowlisted response headers come back, plus the bridge's `x-request-id`.
 
@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use support::*;
 
-/// Request headers the upstream may legitimately see: the allowlist of SPEC §4.4, what the
+/// Request headers the upstream may legitimately see: the allowlist of docs/reference.md §4.4, what the
 /// bridge sets itself, body framing, and `x-request-id` (a bridge may propagate its request id).
 const PERMITTED_UPSTREAM: &[&str] = &[
     "accept",
@@ -158,7 +158,7 @@ fn header_names_are_matched_case_insensitively() {
 
 #[test]
 fn never_forwards_caller_authorization_without_upstream_credential() {
-    // SPEC §1.1: with no upstream credential the bridge forwards without `authorization`.
+    // docs/reference.md §1.1: with no upstream credential the bridge forwards without `authorization`.
     let upstream = MockUpstream::start();
     let url = upstream.url();
     let bridge = Bridge::spawn(

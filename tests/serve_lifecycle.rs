@@ -1,4 +1,4 @@
-//! The process contract (SPEC §1, §2, §3): readiness line, exit summary, shutdown and drain,
+//! The process contract (docs/reference.md §1, §2, §3): readiness line, exit summary, shutdown and drain,
 //! lifeline and time limits, ready file, bridge-local endpoints, configuration precedence and
 //! refusal of bad configuration, and the `check` / `explain` / `health` commands.
 

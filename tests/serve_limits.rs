@@ -1,4 +1,4 @@
-//! Load and time limits (SPEC §2, §4 step 10): in-flight limit, rate limit, and the header and
+//! Load and time limits (docs/reference.md §2, §4 step 10): in-flight limit, rate limit, and the header and
 //! body read timeouts that stop a stalled client from holding the bridge.
 
 mod support;

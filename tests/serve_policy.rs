@@ -1,4 +1,4 @@
-//! The request policy as seen from outside (SPEC §4): token, method, request target, framing,
+//! The request policy as seen from outside (docs/reference.md §4): token, method, request target, framing,
 //! content type, size and header limits. Every denial is checked on both sides: what the agent
 //! got (status, JSON body, `x-bridge-error`) and that the upstream received nothing.
 //!
@@ -149,7 +149,7 @@ fn invalid_path_message_gives_the_reason() {
     let message = resp.json()["error"].as_str().unwrap_or("").to_string();
     assert!(
         message.len() > "invalid path".len(),
-        "SPEC §4 step 4: the message carries the reason, got {message:?}"
+        "docs/reference.md §4 step 4: the message carries the reason, got {message:?}"
     );
     assert_nothing_forwarded(&upstream, "encoded dot-dot");
 }
@@ -365,7 +365,7 @@ fn closes_the_connection_after_a_denial() {
         assert_eq!(resp.status, status, "{what}");
         assert!(
             conn.closed_by_peer(),
-            "SPEC §4.1: the connection is closed after a {what} the bridge generated"
+            "docs/reference.md §4.1: the connection is closed after a {what} the bridge generated"
         );
     }
     assert_nothing_forwarded(&upstream, "denials");
@@ -509,7 +509,7 @@ fn rejects_ambiguous_or_unsupported_framing() {
 
 #[test]
 fn odd_but_resolvable_framing_is_rejected_or_reframed() {
-    // SPEC §4 step 6 accepts hyper's own resolution of these, provided the bridge re-frames.
+    // docs/reference.md §4 step 6 accepts hyper's own resolution of these, provided the bridge re-frames.
     let body = b"{\"body\":\"hello\"}";
     let cases: Vec<(&str, String, Vec<u8>)> = vec![
         (

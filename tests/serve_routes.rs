@@ -1,4 +1,4 @@
-//! The built-in Paperclip allowlist (SPEC §4.3): every allowed method + template pair is
+//! The built-in Paperclip allowlist (docs/reference.md §4.3): every allowed method + template pair is
 //! forwarded unchanged with the upstream credential and run id injected; the denied examples get
 //! 403 `route_not_allowed` and never reach the upstream.
 
@@ -6,7 +6,7 @@ mod support;
 
 use support::*;
 
-/// The 77 method + template pairs of SPEC §4.3, with sample values substituted for `{x}`.
+/// The 77 method + template pairs of docs/reference.md §4.3, with sample values substituted for `{x}`.
 /// Each entry: (method, concrete path).
 const ALLOWED: &[(&str, &str)] = &[
     ("POST", "/runtime-tools/github/credentials"),
@@ -103,7 +103,7 @@ const ALLOWED: &[(&str, &str)] = &[
 /// The one route that accepts multipart bodies.
 const UPLOAD: &str = "/api/companies/cmp-0042/issues/ISS-1234/attachments";
 
-/// Denied examples named in SPEC §4.3, plus near misses of allowed templates.
+/// Denied examples named in docs/reference.md §4.3, plus near misses of allowed templates.
 const DENIED: &[(&str, &str)] = &[
     ("POST", "/api/companies/cmp-0042/agents"),
     ("GET", "/api/secrets"),
@@ -173,7 +173,7 @@ fn forwards_every_allowed_paperclip_route_unchanged() {
     assert_eq!(
         ALLOWED.len(),
         77,
-        "SPEC §4.3 lists 77 method + template pairs"
+        "docs/reference.md §4.3 lists 77 method + template pairs"
     );
     let upstream = MockUpstream::start();
     let bridge = Bridge::for_upstream(&upstream, &[]);
@@ -340,7 +340,7 @@ fn route_denial_message_names_method_and_path() {
     let message = resp.json()["error"].as_str().unwrap().to_string();
     assert!(
         message.contains("Route not allowed: GET /api/secrets"),
-        "SPEC §4 step 5 message `Route not allowed: <METHOD> <path>`, got {message:?}"
+        "docs/reference.md §4 step 5 message `Route not allowed: <METHOD> <path>`, got {message:?}"
     );
     assert_eq!(upstream.request_count(), 0);
 }

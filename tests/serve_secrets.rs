@@ -1,4 +1,4 @@
-//! Secrets stay secret (SPEC §3 "Logs", §4.1): whatever the log level or format, stderr never
+//! Secrets stay secret (docs/reference.md §3 "Logs", §4.1): whatever the log level or format, stderr never
 //! contains the bridge token, the upstream credential, a presented wrong token, request or
 //! response bodies, or query string values; error bodies never contain a secret.
 

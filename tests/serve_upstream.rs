@@ -1,4 +1,4 @@
-//! Forwarding and upstream failures (SPEC §5): the failure table for safe and unsafe methods,
+//! Forwarding and upstream failures (docs/reference.md §5): the failure table for safe and unsafe methods,
 //! never retrying a request that may have reached the upstream, byte-exact bodies both ways, and
 //! upstream statuses passed through.
 

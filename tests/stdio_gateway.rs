@@ -1,6 +1,6 @@
 //! Black-box tests of the stdio gateway against a fake relay written here with hyper's HTTP/2
 //! server: the READY line and preface on stdout, what each stream carries, what the agent gets
-//! when the session dies, and the gateway's own exit (SPEC §6.2).
+//! when the session dies, and the gateway's own exit (docs/reference.md §6.2).
 
 mod support;
 

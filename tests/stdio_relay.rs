@@ -1,6 +1,6 @@
 //! Black-box tests of the stdio transport through the relay: `relay --transport stdio -- <the
 //! gateway>` against a recording mock upstream, checking what the agent saw and what the
-//! upstream received (SPEC §6.2, §6.3).
+//! upstream received (docs/reference.md §6.2, §6.3).
 
 mod support;
 
@@ -227,7 +227,7 @@ fn gives_up_with_exit_1_after_five_failed_restarts() {
     assert_eq!(restarts, 5, "{:#?}", relay.proc.stderr_lines());
 }
 
-/// The denial cases of SPEC §4 as raw requests (`{auth}` is replaced by the bridge token).
+/// The denial cases of docs/reference.md §4 as raw requests (`{auth}` is replaced by the bridge token).
 const DENIALS: &[(&str, &str)] = &[
     ("invalid_token", "GET /api/agents/me HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer wrong\r\n\r\n"),
     ("invalid_token", "GET /api/agents/me HTTP/1.1\r\nHost: x\r\n\r\n"),

@@ -10,7 +10,7 @@ use super::*;
 pub const ME: &str = "/api/agents/me";
 /// An allowed `POST` route with a JSON body.
 pub const COMMENTS: &str = "/api/issues/ISS-1/comments";
-/// A route that is never allowed (SPEC §4.3: agent creation), used as the smuggled request.
+/// A route that is never allowed (docs/reference.md §4.3: agent creation), used as the smuggled request.
 pub const FORBIDDEN: &str = "/api/companies/cmp-1/agents";
 
 /// `authorization: Bearer <BRIDGE_TOKEN>`, one header line with CRLF.

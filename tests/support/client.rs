@@ -175,7 +175,7 @@ impl Response {
         })
     }
 
-    /// Asserts a response the bridge built itself (SPEC §4.1): the status, `content-type:
+    /// Asserts a response the bridge built itself (docs/reference.md §4.1): the status, `content-type:
     /// application/json`, body `{"error":"<message>","code":"<code>"}` and `x-bridge-error`.
     pub fn assert_bridge_error(&self, status: u16, code: &str) {
         assert_eq!(

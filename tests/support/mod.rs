@@ -8,8 +8,8 @@
 //!   plain `TcpStream`, writing exactly the bytes a test gives them; [`Agent`] adds the token.
 //! * [`process`] — [`Proc`] spawns the binary under test (`BRIDGE_TEST_BIN` respected), reads
 //!   readiness and exit lines from stdout (or stderr), captures stderr; [`Bridge`] is `serve`.
-//! * [`queue`] — [`Sandbox`]: a queue directory with its gateway and relay (SPEC §6.1).
-//! * [`stdio`] — [`Relay`]: `relay --transport stdio -- <gateway>` (SPEC §6.2).
+//! * [`queue`] — [`Sandbox`]: a queue directory with its gateway and relay (docs/reference.md §6.1).
+//! * [`stdio`] — [`Relay`]: `relay --transport stdio -- <gateway>` (docs/reference.md §6.2).
 //! * [`attack`] — helpers of the adversarial suite (`tests/attack_*.rs`).
 //!
 //! Everything is synchronous from a test's point of view (the mock upstream runs its own tokio

@@ -1,4 +1,4 @@
-//! The queue transport (SPEC §6.1): a [`Sandbox`] is a test's working area holding the queue
+//! The queue transport (docs/reference.md §6.1): a [`Sandbox`] is a test's working area holding the queue
 //! directory; it starts the real gateway and relay on it and waits for their readiness lines.
 //!
 //! The gateway gets only what a sandbox would give it: the bridge token, the queue directory and

@@ -1,4 +1,4 @@
-//! The stdio transport (SPEC §6.2): a [`Relay`] is `relay --transport stdio -- <the gateway>`,
+//! The stdio transport (docs/reference.md §6.2): a [`Relay`] is `relay --transport stdio -- <the gateway>`,
 //! the relay holding the upstream URL and credential, the gateway (its child) given only its
 //! `--listen` address; the token and nonce reach it through the relay's handshake.
 

@@ -19,8 +19,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
-use http::header::{HeaderName, HeaderValue, CONTENT_TYPE};
-use http::{Method, Response, StatusCode};
+use http::header::{HeaderName, HeaderValue};
+use http::{HeaderMap, Method, Response, StatusCode};
 use http_body_util::BodyExt;
 use tokio::sync::{oneshot, Notify};
 
@@ -30,10 +30,9 @@ use super::file::{
 };
 use crate::body::{self, BodyState, BridgeBody, GuardedBody};
 use crate::config::QueueGatewayConfig;
-use crate::dispatch::{Allowed, Dispatch, ForwardError, Forwarded, Hop, RequestBody};
+use crate::dispatch::{relay_answer, Allowed, Dispatch, ForwardError, Forwarded, Hop, RequestBody};
 use crate::pipeline::{LocalEndpoints, Pipeline, PipelineSettings};
 use crate::policy::{Allow, BodyKind, Deny, DenyCode, HeaderRules};
-use crate::respond::{X_BRIDGE_ERROR, X_OUTCOME};
 use crate::server::{self, AgentSide, ServeError, ServeHooks};
 use crate::telemetry::Metrics;
 use crate::transport::TransportError;
@@ -456,39 +455,21 @@ impl Shared {
             self.max_body_bytes,
         )
         .map_err(unreadable)?;
-        let indeterminate = file
-            .headers
-            .get(X_OUTCOME)
-            .is_some_and(|v| v.trim().eq_ignore_ascii_case("indeterminate"));
-        let mut response = Response::new(body::full(body));
-        *response.status_mut() = if indeterminate {
-            StatusCode::CONFLICT
-        } else {
-            StatusCode::from_u16(file.status)
-                .map_err(|_| unreadable(FileError::Malformed("invalid status".into())))?
-        };
-        let allowed = self.response_headers.response_names();
-        let headers = response.headers_mut();
+        let status = StatusCode::from_u16(file.status)
+            .map_err(|_| unreadable(FileError::Malformed("invalid status".into())))?;
+        let mut relayed = HeaderMap::new();
         for (name, value) in &file.headers {
-            let (Ok(name), Ok(value)) = (
+            if let (Ok(name), Ok(value)) = (
                 HeaderName::from_bytes(name.as_bytes()),
                 HeaderValue::from_str(value),
-            ) else {
-                continue;
-            };
-            if allowed.contains(&name) || name == X_BRIDGE_ERROR {
-                headers.append(name, value);
+            ) {
+                relayed.append(name, value);
             }
         }
-        if indeterminate {
-            headers.insert(X_OUTCOME, HeaderValue::from_static("indeterminate"));
-            headers
-                .entry(X_BRIDGE_ERROR)
-                .or_insert(HeaderValue::from_static("outcome_indeterminate"));
-            headers
-                .entry(CONTENT_TYPE)
-                .or_insert(HeaderValue::from_static("application/json"));
-        }
+        let headers = relay_answer(status, &relayed, &self.response_headers, false)?;
+        let mut response = Response::new(body::full(body));
+        *response.status_mut() = status;
+        *response.headers_mut() = headers;
         Ok(response)
     }
 }

@@ -14,8 +14,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::header::{HeaderValue, AUTHORIZATION, CONNECTION, CONTENT_LENGTH};
-use http::{HeaderMap, Method, Request, Response, StatusCode, Uri};
+use http::header::{HeaderValue, AUTHORIZATION, CONTENT_LENGTH};
+use http::{Method, Request, Response, Uri};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::client::conn::http2::SendRequest;
@@ -31,11 +31,10 @@ use super::{
 };
 use crate::body::{self, BodyState, BoxError, BridgeBody, GuardedBody};
 use crate::config::{StdioGatewayConfig, StdioHandshake, TokenConfig};
-use crate::dispatch::{Allowed, Dispatch, ForwardError, Forwarded, Hop, RequestBody};
+use crate::dispatch::{relay_answer, Allowed, Dispatch, ForwardError, Forwarded, Hop, RequestBody};
 use crate::lifecycle::ExitReason;
 use crate::pipeline::{LocalEndpoints, Pipeline, PipelineSettings};
-use crate::policy::{Allow, BodyKind, DenyCode};
-use crate::respond::{X_BRIDGE_ERROR, X_OUTCOME, X_REQUEST_ID};
+use crate::policy::{Allow, BodyKind, HeaderRules};
 use crate::server::{self, AgentSide, LineSink, ServeHooks};
 use crate::telemetry::Metrics;
 use crate::transport::TransportError;
@@ -101,6 +100,7 @@ pub async fn run(config: StdioGatewayConfig) -> Result<(), TransportError> {
         response_timeout,
         body_idle_timeout: common.limits.body_idle_timeout,
         max_body_bytes: common.limits.max_body_bytes,
+        response_headers: common.policy.headers.clone(),
     };
     let pipeline = Pipeline::new(
         PipelineSettings::new(&common, Some(hs.token.clone()), LocalEndpoints::Answer),
@@ -217,6 +217,8 @@ struct StdioDispatch {
     response_timeout: Duration,
     body_idle_timeout: Duration,
     max_body_bytes: u64,
+    /// The response-header allowlist the relay's answers pass through.
+    response_headers: HeaderRules,
 }
 
 impl Dispatch for StdioDispatch {
@@ -240,16 +242,30 @@ fn not_dispatched(source: Option<hyper::Error>) -> ForwardError {
     }
 }
 
-/// Whether the relay refused the stream (RFC 9113 §8.7: REFUSED_STREAM means not processed).
-fn refused(err: &hyper::Error) -> bool {
+/// How a stream to the relay failed, from the HTTP/2 error under hyper's.
+enum StreamFailure {
+    /// REFUSED_STREAM (RFC 9113 §8.7): the relay did not process it.
+    Refused,
+    /// The relay reset this one stream after taking it (e.g. the upstream's response broke):
+    /// the session is fine, the request may have reached the upstream.
+    Reset,
+    /// The session itself failed (GOAWAY, pipe closed).
+    Session,
+}
+
+fn stream_failure(err: &hyper::Error) -> StreamFailure {
     let mut source = std::error::Error::source(err);
     while let Some(e) = source {
         if let Some(h2) = e.downcast_ref::<h2::Error>() {
-            return h2.reason() == Some(h2::Reason::REFUSED_STREAM);
+            return match h2.reason() {
+                Some(h2::Reason::REFUSED_STREAM) => StreamFailure::Refused,
+                Some(_) if h2.is_reset() && h2.is_remote() => StreamFailure::Reset,
+                _ => StreamFailure::Session,
+            };
         }
         source = e.source();
     }
-    false
+    StreamFailure::Session
 }
 
 impl StdioDispatch {
@@ -301,19 +317,25 @@ impl StdioDispatch {
             _ if req_state.failed() => return Err(ForwardError::body(&req_state)),
             Err(_elapsed) => return Err(ForwardError::TimedOut { hop: Hop::Relay }),
             Ok(Err(mut err)) => {
-                let unsent = err.take_message().is_some() || refused(err.error());
+                let handed_back = err.take_message().is_some();
                 let err = err.into_error();
-                if unsent {
-                    return Err(not_dispatched(Some(err)));
-                }
-                return Err(ForwardError::MaybeApplied {
-                    hop: Hop::Relay,
-                    source: Some(Box::new(err)),
+                let failure = stream_failure(&err);
+                return Err(match failure {
+                    _ if handed_back => not_dispatched(Some(err)),
+                    StreamFailure::Refused => not_dispatched(Some(err)),
+                    StreamFailure::Reset => ForwardError::BadResponse {
+                        hop: Hop::Relay,
+                        source: Some(Box::new(err)),
+                    },
+                    StreamFailure::Session => ForwardError::MaybeApplied {
+                        hop: Hop::Relay,
+                        source: Some(Box::new(err)),
+                    },
                 });
             }
         };
         Ok(Forwarded {
-            response: self.agent_response(response, is_head),
+            response: self.agent_response(response, is_head)?,
             upstream_time,
         })
     }
@@ -359,44 +381,16 @@ impl StdioDispatch {
         Ok(req)
     }
 
-    /// The relay's answer as the agent gets it: a response marked indeterminate becomes 409
-    /// (docs/reference.md §5, §6); the body is streamed under the size and idle limits.
-    fn agent_response(&self, response: Response<Incoming>, is_head: bool) -> Response<BridgeBody> {
+    /// The relay's answer as the agent gets it ([`relay_answer`]); the body is streamed under
+    /// the size and idle limits.
+    fn agent_response(
+        &self,
+        response: Response<Incoming>,
+        is_head: bool,
+    ) -> Result<Response<BridgeBody>, ForwardError> {
         let (parts, incoming) = response.into_parts();
-        let mut headers = HeaderMap::with_capacity(parts.headers.len());
-        for (name, value) in &parts.headers {
-            // Framing is the HTTP/1.1 server's business (except a HEAD's declared length), and
-            // the request id is the gateway's own.
-            if (name == CONTENT_LENGTH && !is_head) || name == X_REQUEST_ID {
-                continue;
-            }
-            headers.append(name.clone(), value.clone());
-        }
-        let mut status = parts.status;
-        let indeterminate = headers
-            .get(X_OUTCOME)
-            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"indeterminate"));
-        if indeterminate {
-            status = StatusCode::CONFLICT;
-            if !headers.contains_key(X_BRIDGE_ERROR) {
-                headers.insert(
-                    X_BRIDGE_ERROR,
-                    HeaderValue::from_static(DenyCode::OutcomeIndeterminate.as_str()),
-                );
-            }
-        }
-        // A denial the relay made closes the agent's connection exactly as `serve` would.
-        let closes = headers
-            .get(X_BRIDGE_ERROR)
-            .and_then(|v| {
-                DenyCode::ALL
-                    .iter()
-                    .find(|c| c.as_str().as_bytes() == v.as_bytes())
-            })
-            .is_some_and(|code| code.status() == status && code.closes_connection());
-        if closes {
-            headers.insert(CONNECTION, HeaderValue::from_static("close"));
-        }
+        let status = parts.status;
+        let headers = relay_answer(status, &parts.headers, &self.response_headers, is_head)?;
         let body = GuardedBody::new(
             incoming,
             self.max_body_bytes,
@@ -407,6 +401,6 @@ impl StdioDispatch {
         let mut out = Response::new(body);
         *out.status_mut() = status;
         *out.headers_mut() = headers;
-        out
+        Ok(out)
     }
 }
