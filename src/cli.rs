@@ -315,6 +315,11 @@ option_group! {
         /// stdin first (then run the gateway with --handshake stdin) [default: env]
         #[arg(long, env = "CALLBACK_BRIDGE_HANDSHAKE", value_name = "HOW")]
         pub handshake: Option<Handshake>,
+        /// More variables the commands the relay runs must not inherit, comma-separated (always
+        /// removed: CALLBACK_BRIDGE_*, the configured credential and token variables,
+        /// PAPERCLIP_API_KEY, PAPERCLIP_API_KEY_FILE, PAPERCLIP_BRIDGE_TOKEN/_NONCE)
+        #[arg(long, env = "CALLBACK_BRIDGE_SCRUB_ENV", value_delimiter = ',', value_name = "NAMES")]
+        pub scrub_env: Option<Vec<String>>,
     }
 }
 

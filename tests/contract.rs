@@ -547,6 +547,27 @@ fn unsupported_content_type_is_415(t: Transport) {
     );
 }
 
+across_transports!(connection_naming_a_checked_header_is_400);
+fn connection_naming_a_checked_header_is_400(t: Transport) {
+    // `Connection: content-type` would have the content type checked, then dropped as
+    // hop-by-hop: the upstream would get a body whose type nobody checked. Refused instead.
+    for nominated in [
+        "content-type",
+        "keep-alive, Content-Type",
+        "transfer-encoding",
+    ] {
+        assert_denied(
+            t,
+            Auth::Token,
+            Req::new("POST", COMMENTS)
+                .json("{}")
+                .header("connection", nominated),
+            400,
+            "bad_request",
+        );
+    }
+}
+
 across_transports!(declared_body_over_the_limit_is_413_body_too_large);
 fn declared_body_over_the_limit_is_413_body_too_large(t: Transport) {
     // Refused on the declared length, before any body byte is read: none is sent.

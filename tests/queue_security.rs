@@ -294,3 +294,38 @@ fn the_credential_never_enters_the_sandbox() {
     let logs = relay.stderr_text();
     assert!(!logs.contains(UPSTREAM_TOKEN), "secret in the relay's log");
 }
+
+#[test]
+fn paperclips_key_names_and_named_variables_never_reach_a_command() {
+    let up = MockUpstream::app();
+    let sb = Sandbox::new();
+    let (_gw_proc, gw) = sb.gateway(&[]);
+    let prefix = sb.counting_prefix();
+    let prefix: Vec<&str> = prefix.iter().map(String::as_str).collect();
+    let mut relay = sb.relay_env(
+        &up.url(),
+        &prefix,
+        &["--scrub-env", "MY_DEPLOY_SECRET"],
+        &[
+            ("PAPERCLIP_API_KEY", "pcp-key-in-the-adapter-env"),
+            ("PAPERCLIP_API_KEY_FILE", "/run/secrets/pcp-key-file"),
+            ("MY_DEPLOY_SECRET", "deploy-secret-value"),
+            ("MY_HARMLESS_SETTING", "kept"),
+        ],
+    );
+    assert_eq!(gw.request("GET", "/api/agents/me", &[], b"").status, 200);
+    relay.signal("TERM");
+    relay.wait_event("exit");
+    let commands = std::fs::read_to_string(sb.path("commands.env")).unwrap();
+    assert!(
+        commands.contains("MY_HARMLESS_SETTING=kept"),
+        "the test has teeth: the relay's environment is inherited otherwise"
+    );
+    for secret in [
+        "pcp-key-in-the-adapter-env",
+        "/run/secrets/pcp-key-file",
+        "deploy-secret-value",
+    ] {
+        assert!(!commands.contains(secret), "{secret} reached a command");
+    }
+}

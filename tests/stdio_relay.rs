@@ -568,3 +568,36 @@ fn node_gateway_round_trip(end_with_data: bool) {
         "the denied request reached the upstream"
     );
 }
+
+#[test]
+fn paperclips_key_names_and_named_variables_never_reach_the_gateway() {
+    let upstream = MockUpstream::app();
+    let relay = Relay::start(
+        &upstream,
+        RelayOptions {
+            relay_args: &["--scrub-env", "MY_DEPLOY_SECRET"],
+            relay_env: &[
+                ("PAPERCLIP_API_KEY", "pcp-key-in-the-adapter-env"),
+                ("PAPERCLIP_API_KEY_FILE", "/run/secrets/pcp-key-file"),
+                ("MY_DEPLOY_SECRET", "deploy-secret-value"),
+                ("MY_HARMLESS_SETTING", "kept"),
+            ],
+            ..Default::default()
+        },
+    );
+    let environ = proc_strings(relay.gateway_pid(), "environ");
+    assert!(
+        environ.iter().any(|e| e == "MY_HARMLESS_SETTING=kept"),
+        "the test has teeth: the relay's environment is inherited otherwise"
+    );
+    for secret in [
+        "pcp-key-in-the-adapter-env",
+        "/run/secrets/pcp-key-file",
+        "deploy-secret-value",
+    ] {
+        assert!(
+            !environ.iter().any(|e| e.contains(secret)),
+            "{secret} reached the gateway"
+        );
+    }
+}

@@ -431,7 +431,7 @@ fn relay(args: RelayArgs, env: Env<'_>) -> Result<Role, ConfigError> {
     let upstream = upstream.or(file.group()?);
     let transport: RelayTransportOptions = transport.or(file.group()?);
     let kind = transport_kind(transport.transport, env)?;
-    let scrub = Scrub::for_relay(&[
+    let mut scrub_names: Vec<&str> = vec![
         upstream
             .upstream_token_env
             .as_deref()
@@ -441,7 +441,9 @@ fn relay(args: RelayArgs, env: Env<'_>) -> Result<Role, ConfigError> {
             .token_env
             .as_deref()
             .unwrap_or(DEFAULT_TOKEN_ENV),
-    ]);
+    ];
+    scrub_names.extend(transport.scrub_env.iter().flatten().map(String::as_str));
+    let scrub = Scrub::for_relay(&scrub_names);
     if command.first().map_or(true, |c| c.is_empty()) {
         return Err(ConfigError::Refused(match kind {
             TransportKind::Queue => {
@@ -632,6 +634,10 @@ fn stdio_handshake_from_env(
     Ok(StdioHandshake::Env { token, nonce })
 }
 
+/// Paperclip's own names for the upstream credential (an adapter's environment often holds the
+/// same key under them): never inherited by a command the relay runs.
+const PAPERCLIP_CREDENTIAL_ENVS: [&str; 2] = ["PAPERCLIP_API_KEY", "PAPERCLIP_API_KEY_FILE"];
+
 /// The inherited variables no command a relay runs may see: the bridge's own configuration
 /// (`CALLBACK_BRIDGE_*`, which includes the default credential variable), the configured secret
 /// variables, and Paperclip's bridge secrets (the relay hands the gateway its own).
@@ -643,7 +649,12 @@ pub struct Scrub {
 impl Scrub {
     fn for_relay(configured: &[&str]) -> Scrub {
         let mut names: Vec<String> = configured.iter().map(|s| (*s).to_owned()).collect();
-        names.extend([PAPERCLIP_TOKEN_ENV, PAPERCLIP_NONCE_ENV].map(str::to_owned));
+        names.extend(
+            [PAPERCLIP_TOKEN_ENV, PAPERCLIP_NONCE_ENV]
+                .into_iter()
+                .chain(PAPERCLIP_CREDENTIAL_ENVS)
+                .map(str::to_owned),
+        );
         Scrub { names }
     }
 
@@ -1268,6 +1279,8 @@ mod tests {
     fn relays_scrub_their_configuration_and_secret_variables_only() {
         let scrub = Scrub::for_relay(&["MY_UPSTREAM_KEY", "MY_KEY"]);
         for name in [
+            "PAPERCLIP_API_KEY",
+            "PAPERCLIP_API_KEY_FILE",
             "CALLBACK_BRIDGE_UPSTREAM_TOKEN",
             "CALLBACK_BRIDGE_TOKEN",
             "CALLBACK_BRIDGE_TOKEN_FILE",

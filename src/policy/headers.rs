@@ -177,6 +177,33 @@ fn filter(allowed: &[HeaderName], headers: &HeaderMap) -> HeaderMap {
     out
 }
 
+/// Headers whose meaning the policy checks or the bridge sets itself: a `Connection` header that
+/// names one of them is refused rather than honoured (honouring it would drop a checked header).
+const CHECKED_HEADERS: [HeaderName; 5] = [
+    http::header::AUTHORIZATION,
+    http::header::CONTENT_LENGTH,
+    http::header::CONTENT_TYPE,
+    http::header::HOST,
+    http::header::TRANSFER_ENCODING,
+];
+
+/// Refuses a `Connection` header naming a header the policy checks (`Connection: content-type`
+/// would have the content type checked, then stripped as hop-by-hop before forwarding).
+pub(crate) fn refuse_nominated_checked_headers(headers: &HeaderMap) -> Result<(), String> {
+    if !headers.contains_key(CONNECTION) {
+        return Ok(());
+    }
+    match CHECKED_HEADERS
+        .iter()
+        .find(|name| nominated_by_connection(headers, name))
+    {
+        Some(name) => Err(format!(
+            "Connection must not name {name}, a header the bridge checks"
+        )),
+        None => Ok(()),
+    }
+}
+
 /// Whether a `Connection` header lists `name`, which makes it hop-by-hop for this message.
 fn nominated_by_connection(headers: &HeaderMap, name: &HeaderName) -> bool {
     headers.get_all(CONNECTION).iter().any(|value| {
@@ -453,6 +480,26 @@ mod tests {
         let mut names: Vec<&str> = out.keys().map(|k| k.as_str()).collect();
         names.sort_unstable();
         assert_eq!(names, ["etag", "x-paperclip-bridge-outcome"]);
+    }
+
+    #[test]
+    fn refuses_connection_naming_a_checked_header() {
+        for value in [
+            "content-type",
+            "keep-alive, Content-Type",
+            "Transfer-Encoding",
+            "host",
+        ] {
+            let mut h = HeaderMap::new();
+            h.insert("connection", HeaderValue::from_str(value).unwrap());
+            assert!(refuse_nominated_checked_headers(&h).is_err(), "{value}");
+        }
+        let mut h = HeaderMap::new();
+        h.insert(
+            "connection",
+            HeaderValue::from_static("keep-alive, if-match"),
+        );
+        assert!(refuse_nominated_checked_headers(&h).is_ok());
     }
 
     #[test]

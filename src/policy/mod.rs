@@ -340,7 +340,9 @@ impl Policy {
             )
         })?;
 
-        // 6. Framing.
+        // 6. Framing. A `Connection` header may not make a header the policy reads hop-by-hop:
+        // the bridge would check it, then drop it, and forward something it never checked.
+        headers::refuse_nominated_checked_headers(head.headers).map_err(bad_request)?;
         let body = body_kind(head.headers)?;
         if read && body != BodyKind::None {
             return Err(bad_request(format!(
