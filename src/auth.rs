@@ -12,6 +12,17 @@ use subtle::ConstantTimeEq;
 /// Random bytes in a generated bridge token (docs/reference.md §3): 32 bytes = 256 bits of entropy.
 pub const GENERATED_TOKEN_BYTES: usize = 32;
 
+/// Shortest bridge token the bridge accepts from outside. Tokens are per-run secrets compared in
+/// constant time; Paperclip's are 24 random bytes (32 base64url characters) and ours 32 bytes (43).
+/// Anything under 16 characters is a placeholder (`test`, `changeme`) or a truncated secret, and
+/// guessable: refusing it at start-up beats silently accepting it.
+pub const MIN_TOKEN_LEN: usize = 16;
+
+/// A supplied bridge token shorter than [`MIN_TOKEN_LEN`].
+#[derive(Debug, thiserror::Error)]
+#[error("the bridge token is shorter than {MIN_TOKEN_LEN} characters")]
+pub struct TokenTooShort;
+
 /// The per-run token the agent presents as `Authorization: Bearer <token>`.
 #[derive(Clone)]
 pub struct BridgeToken {
@@ -27,6 +38,15 @@ impl std::fmt::Debug for BridgeToken {
 
 impl BridgeToken {
     /// Wraps a supplied token.
+    /// A token the bridge was given (environment, file, handshake line): refused below
+    /// [`MIN_TOKEN_LEN`] characters.
+    pub fn supplied(value: String) -> Result<Self, TokenTooShort> {
+        if value.chars().count() < MIN_TOKEN_LEN {
+            return Err(TokenTooShort);
+        }
+        Ok(Self::new(value))
+    }
+
     pub fn new(value: String) -> Self {
         let digest = Sha256::digest(value.as_bytes()).into();
         BridgeToken {

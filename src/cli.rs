@@ -91,8 +91,8 @@ option_group! {
         #[arg(long, env = "CALLBACK_BRIDGE_LISTEN", value_name = "ADDR")]
         pub listen: Option<String>,
 
-        /// Allow a listen address that is not loopback [default: false]
-        #[arg(long, env = "CALLBACK_BRIDGE_ALLOW_NON_LOOPBACK", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+        /// Allow a listen address that is not loopback (true/false, yes/no, 1/0) [default: false]
+        #[arg(long, env = "CALLBACK_BRIDGE_ALLOW_NON_LOOPBACK", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL", value_parser = clap::builder::BoolishValueParser::new())]
         pub allow_non_loopback: Option<bool>,
 
         /// Concurrent client connections; beyond -> not accepted until one closes [default: 256]
@@ -133,6 +133,11 @@ option_group! {
         /// Run id injected as x-paperclip-run-id [default: env PAPERCLIP_RUN_ID if set]
         #[arg(long, env = "CALLBACK_BRIDGE_RUN_ID", value_name = "ID")]
         pub run_id: Option<String>,
+
+        /// Refuse to start without an upstream credential (true/false, yes/no, 1/0) [default: false:
+        /// requests are then forwarded without one, and a warning is logged]
+        #[arg(long, env = "CALLBACK_BRIDGE_REQUIRE_UPSTREAM_CREDENTIAL", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL", value_parser = clap::builder::BoolishValueParser::new())]
+        pub require_upstream_credential: Option<bool>,
 
         /// Time to connect to the upstream [default: 5s]
         #[arg(long, env = "CALLBACK_BRIDGE_UPSTREAM_CONNECT_TIMEOUT", value_name = "DURATION")]
@@ -372,7 +377,8 @@ pub struct HealthArgs {
     pub timeout: Option<DurationArg>,
 }
 
-/// A duration option: `250ms`, `10s`, `5m`, `1h`; `0` or `off` means "none" where that is allowed.
+/// A duration option: `250ms`, `10s`, `1.5s`, `1m30s`, `5m`, `1h` (humantime's syntax; a unit is
+/// required); `0` or `off` means "none" where that is allowed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DurationArg(pub Duration);
 
@@ -384,25 +390,14 @@ impl FromStr for DurationArg {
         if s == "off" || s == "0" {
             return Ok(DurationArg(Duration::ZERO));
         }
-        let split = s
-            .find(|c: char| !c.is_ascii_digit())
-            .ok_or_else(|| format!("duration {s:?} needs a unit (ms, s, m, h)"))?;
-        let (num, unit) = s.split_at(split);
-        let n: u64 = num
-            .parse()
-            .map_err(|_| format!("invalid duration {s:?} (expected e.g. 250ms, 10s, 5m)"))?;
-        let d = match unit {
-            "ms" => Duration::from_millis(n),
-            "s" => Duration::from_secs(n),
-            "m" => Duration::from_secs(n.saturating_mul(60)),
-            "h" => Duration::from_secs(n.saturating_mul(3600)),
-            _ => {
-                return Err(format!(
-                    "invalid duration unit in {s:?} (use ms, s, m or h)"
-                ))
-            }
-        };
-        Ok(DurationArg(d))
+        if s.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
+            return Err(format!(
+                "duration {s:?} needs a unit (e.g. 250ms, 1.5s, 1m30s)"
+            ));
+        }
+        humantime::parse_duration(s)
+            .map(DurationArg)
+            .map_err(|e| format!("invalid duration {s:?}: {e} (e.g. 250ms, 1.5s, 1m30s)"))
     }
 }
 

@@ -1,7 +1,8 @@
 //! Why and when a long-running command stops: signals, the stdin lifeline, the lifetime and idle
 //! limits. Shared by `serve`, the gateways and both relays.
 //!
-//! Promise: the signal handlers are installed before this returns (so before any readiness line
+//! Promise: SIGTERM and SIGINT drain and stop, SIGHUP is logged and ignored; the signal handlers
+//! are installed before this returns (so before any readiness line
 //! is printed: a SIGTERM right after readiness drains instead of killing the process); each
 //! watcher sends its reason at most once; an idle limit never fires while a request is in flight.
 
@@ -80,16 +81,25 @@ pub fn spawn_watchers(
         let handlers = (
             signal(SignalKind::terminate()),
             signal(SignalKind::interrupt()),
+            signal(SignalKind::hangup()),
         );
         let stop = stop.clone();
         tokio::spawn(async move {
-            let (Ok(mut term), Ok(mut int)) = handlers else {
+            let (Ok(mut term), Ok(mut int), Ok(mut hup)) = handlers else {
                 tracing::error!("cannot install signal handlers");
                 return;
             };
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
+            loop {
+                tokio::select! {
+                    _ = term.recv() => break,
+                    _ = int.recv() => break,
+                    // The configuration is read once, at start; a reload would have to re-check
+                    // everything `config::load` checks. SIGHUP (a closed terminal, a supervisor's
+                    // "reload") must not kill a bridge mid-request either: it is logged, ignored.
+                    _ = hup.recv() => {
+                        tracing::warn!("SIGHUP ignored: the configuration is read once, at start; restart to change it");
+                    }
+                }
             }
             let _ = stop.send(ExitReason::Signal).await;
         });

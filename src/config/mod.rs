@@ -773,6 +773,12 @@ fn target(opts: &UpstreamOptions, env: Env<'_>) -> Result<Target, ConfigError> {
         })
     })
     .transpose()?;
+    if credential.is_none() && opts.require_upstream_credential == Some(true) {
+        return Err(ConfigError::Refused(format!(
+            "no upstream credential: set {upstream_env} or --upstream-token-file \
+             (--require-upstream-credential is on)"
+        )));
+    }
     let run_id = opts
         .run_id
         .clone()
@@ -804,10 +810,9 @@ fn target(opts: &UpstreamOptions, env: Env<'_>) -> Result<Target, ConfigError> {
 /// The configured bridge token, if any.
 fn load_token(opts: &CommonOptions, env: Env<'_>) -> Result<Option<BridgeToken>, ConfigError> {
     let token_env = opts.token_env.as_deref().unwrap_or(DEFAULT_TOKEN_ENV);
-    Ok(
-        load_secret("bridge token", opts.token_file.as_deref(), token_env, env)?
-            .map(BridgeToken::new),
-    )
+    load_secret("bridge token", opts.token_file.as_deref(), token_env, env)?
+        .map(|t| BridgeToken::supplied(t).map_err(|e| invalid("bridge token", e.to_string())))
+        .transpose()
 }
 
 /// The configured token, or a fresh one (printed once on the readiness line).
@@ -841,18 +846,32 @@ fn read_secret_file(what: &'static str, path: &Path) -> Result<String, ConfigErr
     Ok(s)
 }
 
-/// Reads a secret from a file (preferred when configured) or an env var; empty counts as absent.
+/// Reads a secret from a file (preferred when configured) or an env var. An empty variable counts
+/// as absent; an empty file is an error (an empty Kubernetes Secret must not become a generated
+/// token, or silently no credential).
 fn load_secret(
     what: &'static str,
     file: Option<&Path>,
     env_name: &str,
     env: Env<'_>,
 ) -> Result<Option<String>, ConfigError> {
-    let value = match file {
-        Some(path) => Some(read_secret_file(what, path)?),
-        None => env(env_name),
-    };
-    Ok(value.filter(|v| !v.is_empty()))
+    match file {
+        Some(path) => {
+            let value = read_secret_file(what, path)?;
+            if value.is_empty() {
+                return Err(ConfigError::SecretFile {
+                    what,
+                    path: path.to_owned(),
+                    source: std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        "the file is empty",
+                    ),
+                });
+            }
+            Ok(Some(value))
+        }
+        None => Ok(env(env_name).filter(|v| !v.is_empty())),
+    }
 }
 
 fn parse_listen(raw: &str, allow_non_loopback: bool) -> Result<SocketAddr, ConfigError> {
@@ -1022,6 +1041,14 @@ mod tests {
             Duration::from_secs(300)
         );
         assert_eq!("off".parse::<DurationArg>().unwrap().0, Duration::ZERO);
+        assert_eq!(
+            "1m30s".parse::<DurationArg>().unwrap().0,
+            Duration::from_secs(90)
+        );
+        assert_eq!(
+            "1.5s".parse::<DurationArg>().unwrap().0,
+            Duration::from_millis(1500)
+        );
         assert!("10".parse::<DurationArg>().is_err());
         assert!("10x".parse::<DurationArg>().is_err());
         assert!("s".parse::<DurationArg>().is_err());
@@ -1208,7 +1235,7 @@ mod tests {
             ("PAPERCLIP_BRIDGE_HOST", "[::1]"),
             ("PAPERCLIP_BRIDGE_PORT", "4101"),
             ("PAPERCLIP_API_BRIDGE_MODE", "http2_v1"),
-            ("CALLBACK_BRIDGE_TOKEN", "t0123456789"),
+            ("CALLBACK_BRIDGE_TOKEN", "t0123456789abcdefgh"),
             ("CALLBACK_BRIDGE_NONCE", "n1"),
         ]);
         let Run::Role(Role::StdioGateway(c)) =
@@ -1221,7 +1248,7 @@ mod tests {
         // A host without a port is an ephemeral port: refused for stdio, which needs a fixed one.
         let env = env_of(&[
             ("PAPERCLIP_BRIDGE_HOST", "127.0.0.1"),
-            ("CALLBACK_BRIDGE_TOKEN", "t0123456789"),
+            ("CALLBACK_BRIDGE_TOKEN", "t0123456789abcdefgh"),
             ("CALLBACK_BRIDGE_NONCE", "n1"),
         ]);
         let err = load(parse(&["gateway", "--transport", "stdio"]), &env).unwrap_err();
@@ -1301,6 +1328,54 @@ mod tests {
         ] {
             assert!(!scrub.covers(name), "{name} scrubbed");
         }
+    }
+
+    #[test]
+    fn short_tokens_empty_secret_files_and_a_required_missing_credential_are_refused() {
+        let env = env_of(&[("CALLBACK_BRIDGE_TOKEN", "short")]);
+        let err = load(parse(&["serve"]), &env).unwrap_err().to_string();
+        assert!(err.contains("shorter than 16"), "{err}");
+        assert!(!err.contains("short\""), "{err}");
+        // Paperclip's tokens: 24 random bytes, 32 base64url characters.
+        let env = env_of(&[("CALLBACK_BRIDGE_TOKEN", "AbCdEfGhIjKlMnOpQrStUvWxYz012345")]);
+        assert!(load(parse(&["serve"]), &env).is_ok());
+
+        let dir = tempfile::tempdir().unwrap();
+        let empty = dir.path().join("token");
+        std::fs::write(&empty, "").unwrap();
+        let empty = empty.to_str().unwrap();
+        let none = env_of(&[]);
+        for args in [
+            &["serve", "--token-file", empty][..],
+            &["serve", "--upstream-token-file", empty][..],
+        ] {
+            let err = load(parse(args), &none).unwrap_err().to_string();
+            assert!(err.contains("empty"), "{args:?}: {err}");
+        }
+
+        let err = load(parse(&["serve", "--require-upstream-credential"]), &none)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("no upstream credential"), "{err}");
+        assert!(load(
+            parse(&["serve", "--require-upstream-credential", "no"]),
+            &none
+        )
+        .is_ok());
+        let Run::Role(Role::Serve(c)) = load(
+            parse(&[
+                "serve",
+                "--allow-non-loopback",
+                "yes",
+                "--listen",
+                "0.0.0.0:0",
+            ]),
+            &none,
+        )
+        .unwrap() else {
+            panic!()
+        };
+        assert!(!c.listener.addr.ip().is_loopback());
     }
 
     #[test]

@@ -177,23 +177,20 @@ fn filter(allowed: &[HeaderName], headers: &HeaderMap) -> HeaderMap {
     out
 }
 
-/// Headers whose meaning the policy checks or the bridge sets itself: a `Connection` header that
-/// names one of them is refused rather than honoured (honouring it would drop a checked header).
-const CHECKED_HEADERS: [HeaderName; 5] = [
-    http::header::AUTHORIZATION,
-    http::header::CONTENT_LENGTH,
-    http::header::CONTENT_TYPE,
-    http::header::HOST,
-    http::header::TRANSFER_ENCODING,
-];
+/// Headers the policy checks and then forwards as the agent sent them. A `Connection` header that
+/// names one is refused rather than honoured: honouring it would drop the checked header and
+/// forward a body whose type nobody checked. (Nominating `authorization`, `host`,
+/// `content-length` or `transfer-encoding` changes nothing forwarded: the bridge checks the token
+/// itself and sets those headers on the upstream request, so such a nomination is harmless.)
+const CHECKED_FORWARDED_HEADERS: [HeaderName; 1] = [http::header::CONTENT_TYPE];
 
-/// Refuses a `Connection` header naming a header the policy checks (`Connection: content-type`
-/// would have the content type checked, then stripped as hop-by-hop before forwarding).
+/// Refuses a `Connection` header naming a header the policy checks and forwards
+/// (`Connection: content-type` would have the content type checked, then stripped as hop-by-hop).
 pub(crate) fn refuse_nominated_checked_headers(headers: &HeaderMap) -> Result<(), String> {
     if !headers.contains_key(CONNECTION) {
         return Ok(());
     }
-    match CHECKED_HEADERS
+    match CHECKED_FORWARDED_HEADERS
         .iter()
         .find(|name| nominated_by_connection(headers, name))
     {
@@ -487,8 +484,7 @@ mod tests {
         for value in [
             "content-type",
             "keep-alive, Content-Type",
-            "Transfer-Encoding",
-            "host",
+            "x-a,CONTENT-TYPE ",
         ] {
             let mut h = HeaderMap::new();
             h.insert("connection", HeaderValue::from_str(value).unwrap());
@@ -497,7 +493,7 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert(
             "connection",
-            HeaderValue::from_static("keep-alive, if-match"),
+            HeaderValue::from_static("keep-alive, if-match, authorization, host"),
         );
         assert!(refuse_nominated_checked_headers(&h).is_ok());
     }

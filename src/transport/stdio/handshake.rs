@@ -111,7 +111,8 @@ pub fn parse_line(line: &[u8]) -> Result<Handshake, HandshakeError> {
         return Err(HandshakeError::Malformed("invalid nonce"));
     }
     Ok(Handshake {
-        token: BridgeToken::new(parsed.token.into_owned()),
+        token: BridgeToken::supplied(parsed.token.into_owned())
+            .map_err(|_| HandshakeError::Malformed("token too short"))?,
         nonce: parsed.nonce.into_owned(),
     })
 }
@@ -141,11 +142,14 @@ mod tests {
 
     #[test]
     fn encoded_line_parses_back() {
-        let token = BridgeToken::new("tok-1".into());
+        let token = BridgeToken::new("tok-1-0123456789abcdef".into());
         let line = encode_line(&token, "abc");
-        assert_eq!(line, "{\"token\":\"tok-1\",\"nonce\":\"abc\"}\n");
+        assert_eq!(
+            line,
+            "{\"token\":\"tok-1-0123456789abcdef\",\"nonce\":\"abc\"}\n"
+        );
         let h = parse_line(line.trim_end().as_bytes()).unwrap();
-        assert!(h.token.verify(b"tok-1"));
+        assert!(h.token.verify(b"tok-1-0123456789abcdef"));
         assert_eq!(h.nonce, "abc");
     }
 
@@ -173,7 +177,7 @@ mod tests {
 
     #[tokio::test]
     async fn read_line_returns_the_bytes_after_it() {
-        let input: &[u8] = b"{\"token\":\"t\",\"nonce\":\"n\"}\nPRI";
+        let input: &[u8] = b"{\"token\":\"t0123456789abcdefgh\",\"nonce\":\"n\"}\nPRI";
         let (h, _, rest) = read_line(input).await.unwrap();
         assert_eq!(h.nonce, "n");
         assert_eq!(&rest[..], b"PRI");
