@@ -57,7 +57,7 @@ fn is_alive(pid: u32) -> bool {
 #[test]
 fn a_frozen_gateway_is_declared_lost_killed_and_restarted() {
     let upstream = MockUpstream::app();
-    let mut relay = Relay::start(
+    let relay = Relay::start(
         &upstream,
         RelayOptions {
             relay_env: &[STALL_ENV],
