@@ -93,10 +93,10 @@ fn a_frozen_gateway_is_declared_lost_killed_and_restarted() {
 
 /// A relay whose command is `sh -c 'cat | gateway | cat'`: the two `cat`s stand for the exec
 /// channel (`ssh`, `kubectl exec`), which the test can freeze while the gateway stays alive.
-fn relay_through_a_channel(upstream: &MockUpstream) -> (Proc, Agent) {
+fn relay_through_a_channel(upstream: &MockUpstream, stall_timeout: &str) -> (Proc, Agent) {
     let listen = format!("127.0.0.1:{}", closed_port());
     let mut cmd = relay_command(upstream, &["relay", "--transport", "stdio"]);
-    cmd.env(STALL_ENV.0, STALL_ENV.1)
+    cmd.env(STALL_ENV.0, stall_timeout)
         .args(["--", "sh", "-c", r#"cat | "$0" "$@" | cat"#])
         .arg(bridge_binary_str())
         .args(["gateway", "--transport", "stdio", "--listen", &listen]);
@@ -110,7 +110,8 @@ fn relay_through_a_channel(upstream: &MockUpstream) -> (Proc, Agent) {
     (proc, agent)
 }
 
-/// The `cat` processes under the relay's `sh`.
+/// The `cat` processes under the relay's `sh`: the one carrying the relay's writes to the
+/// gateway first.
 fn channel_pids(relay: &Proc) -> Vec<u32> {
     let shells = children_of(relay.pid());
     assert_eq!(shells.len(), 1, "relay children: {shells:?}");
@@ -121,13 +122,24 @@ fn channel_pids(relay: &Proc) -> Vec<u32> {
         })
         .collect();
     assert_eq!(cats.len(), 2, "channel processes: {cats:?}");
-    cats
+    // The first is the one whose stdin is a pipe the relay holds.
+    let relay_pipes: Vec<_> = std::fs::read_dir(format!("/proc/{}/fd", relay.pid()))
+        .unwrap()
+        .flatten()
+        .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+        .collect();
+    let reads_relay = |pid: &u32| {
+        std::fs::read_link(format!("/proc/{pid}/fd/0")).is_ok_and(|p| relay_pipes.contains(&p))
+    };
+    let (to_gateway, from_gateway): (Vec<u32>, Vec<u32>) = cats.into_iter().partition(reads_relay);
+    assert_eq!(to_gateway.len(), 1, "no single cat reads the relay's pipe");
+    vec![to_gateway[0], from_gateway[0]]
 }
 
 #[test]
 fn requests_in_flight_when_the_channel_stalls_get_503_or_409_and_are_never_resent() {
     let upstream = MockUpstream::app();
-    let (mut relay, agent) = relay_through_a_channel(&upstream);
+    let (mut relay, agent) = relay_through_a_channel(&upstream, STALL_ENV.1);
     assert_eq!(agent.get("/api/agents/me").status, 200);
 
     // Two requests reach the upstream, which holds them.
@@ -184,6 +196,44 @@ fn requests_in_flight_when_the_channel_stalls_get_503_or_409_and_are_never_resen
     wait_until_served(&agent);
     assert_eq!(upstream.count_path("/api/issues/hold/comments"), 1);
     assert_eq!(upstream.count_path("/api/issues/hold"), 1);
+    relay.sigterm();
+    relay.wait_exit_line(WAIT);
+}
+
+#[test]
+fn a_channel_that_stops_reading_is_lost_while_a_response_fills_the_pipe() {
+    let upstream = MockUpstream::app();
+    upstream.set_download(pattern(8 * 1024 * 1024, 3));
+    let (mut relay, agent) = relay_through_a_channel(&upstream, STALL_ENV.1);
+    assert_eq!(agent.get("/api/agents/me").status, 200);
+
+    // The relay-to-gateway direction freezes while an 8 MiB download is on its way: the pipe
+    // fills and the relay's write waits (the case where the HTTP/2 library alone never gave up:
+    // its GOAWAY cannot be written). The library also stops reading while it cannot write, so
+    // either deadline may be the first to see it.
+    let to_gateway = channel_pids(&relay)[0];
+    signal(to_gateway, "STOP");
+    let download = agent.send_in_background(Req::new("GET", "/api/attachments/att-1/content"));
+    relay.wait_stderr_contains(LOST, WAIT);
+    let lost = lost_lines(&relay);
+    let reason = lost[0]["reason"].as_str().unwrap();
+    assert!(
+        reason.starts_with("nothing was read") || reason.contains("has not read"),
+        "{reason}"
+    );
+
+    if is_alive(to_gateway) {
+        signal(to_gateway, "CONT");
+    }
+    // The agent never gets a short body that looks complete: an error status or a cut-off body.
+    if let Ok(r) = download.recv_timeout(WAIT).expect("download ended") {
+        assert!(
+            r.status != 200,
+            "a complete-looking download of {} bytes",
+            r.body.len()
+        );
+    }
+    wait_until_served(&agent);
     relay.sigterm();
     relay.wait_exit_line(WAIT);
 }
