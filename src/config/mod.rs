@@ -1064,6 +1064,29 @@ mod tests {
     }
 
     #[test]
+    fn the_stdio_stall_timeout_is_20s_unless_the_test_knob_lowers_it() {
+        let stall = |vars: &'static [(&'static str, &'static str)]| {
+            let args = parse(&["relay", "--transport", "stdio", "--", "gw"]);
+            match load(args, &env_of(vars)) {
+                Ok(Run::Role(Role::StdioRelay(c))) => Ok(c.stall_timeout),
+                Ok(_) => panic!("not a stdio relay"),
+                Err(e) => Err(e.to_string()),
+            }
+        };
+        assert_eq!(stall(&[]), Ok(Duration::from_secs(20)));
+        assert_eq!(
+            stall(&[(STALL_TIMEOUT_ENV, "2s")]),
+            Ok(Duration::from_secs(2))
+        );
+        for refused in ["1ms", "off", "21s", "soon"] {
+            let vars: &'static [(&str, &str)] =
+                Box::leak(vec![(STALL_TIMEOUT_ENV, refused)].into_boxed_slice());
+            let err = stall(vars).unwrap_err();
+            assert!(err.contains(STALL_TIMEOUT_ENV), "{refused}: {err}");
+        }
+    }
+
+    #[test]
     fn refuses_non_loopback_listen_unless_allowed() {
         assert!(parse_listen("0.0.0.0:0", false).is_err());
         assert!(parse_listen("0.0.0.0:0", true).is_ok());

@@ -192,16 +192,17 @@ mod tests {
         assert_eq!(scanner.scan(&[0x00; 4096]), 0);
     }
 
-    #[test]
-    fn arbitrary_bytes_never_panic() {
-        let mut state = 0x2545_f491_4f6c_dd1du64;
-        let mut scanner = FrameScanner::new(PREFACE.len());
-        for _ in 0..2000 {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            let bytes = state.to_le_bytes();
-            let _ = scanner.scan(&bytes[..(state % 9) as usize]);
+    proptest::proptest! {
+        #[test]
+        fn arbitrary_bytes_cost_the_same_whatever_the_read_sizes(
+            bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..512),
+            piece in 1usize..64,
+            preface in 0usize..30,
+        ) {
+            let whole = FrameScanner::new(preface).scan(&bytes);
+            let mut scanner = FrameScanner::new(preface);
+            let pieces: u64 = bytes.chunks(piece).map(|c| scanner.scan(c)).sum();
+            proptest::prop_assert_eq!(whole, pieces);
         }
     }
 }
