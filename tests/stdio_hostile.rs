@@ -91,6 +91,30 @@ fn a_frozen_gateway_is_declared_lost_killed_and_restarted() {
     assert_eq!(exit["reason"], "signal");
 }
 
+#[test]
+fn an_idle_session_is_never_taken_for_a_stalled_one() {
+    let upstream = MockUpstream::app();
+    let relay = Relay::start(
+        &upstream,
+        RelayOptions {
+            relay_env: &[("CALLBACK_BRIDGE_STDIO_STALL_TIMEOUT", "1s")],
+            ..Default::default()
+        },
+    );
+    let gateway = relay.gateway_pid();
+    // Idle for four stall timeouts: the relay's PINGs (after a quarter of it) keep bytes coming.
+    std::thread::sleep(std::time::Duration::from_secs(4));
+    assert_eq!(relay.agent().get("/api/agents/me").status, 200);
+    assert_eq!(relay.gateway_pid(), gateway, "the gateway was restarted");
+    assert!(
+        lost_lines(&relay.proc).is_empty(),
+        "{:#?}",
+        relay.proc.stderr_lines()
+    );
+    let (_, status) = relay.stop();
+    assert!(status.success(), "{status:?}");
+}
+
 /// A relay whose command is `sh -c 'cat | gateway | cat'`: the two `cat`s stand for the exec
 /// channel (`ssh`, `kubectl exec`), which the test can freeze while the gateway stays alive.
 fn relay_through_a_channel(upstream: &MockUpstream, stall_timeout: &str) -> (Proc, Agent) {
