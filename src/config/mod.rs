@@ -277,7 +277,19 @@ pub struct StdioRelayConfig {
     pub command: Vec<String>,
     /// Variables the command does not inherit.
     pub scrub: Scrub,
+    /// No byte read, or a write pending, this long ends the session; the relay PINGs after a
+    /// quarter of it without a byte. `STALL_TIMEOUT` unless the test-only [`STALL_TIMEOUT_ENV`]
+    /// lowers it.
+    pub stall_timeout: Duration,
 }
+
+/// Hidden and for tests only (no flag, no file key; docs/reference.md §6.2): a duration between
+/// [`MIN_STALL_TIMEOUT`] and the default `STALL_TIMEOUT` (20 s) that shortens the stdio relay's
+/// stall deadline, so that tests of a frozen gateway take seconds, not minutes.
+pub const STALL_TIMEOUT_ENV: &str = "CALLBACK_BRIDGE_STDIO_STALL_TIMEOUT";
+/// Lowest stall deadline the test knob accepts: below it a PING (sent after a quarter of it)
+/// could not make a round trip through a loaded machine's pipes.
+pub const MIN_STALL_TIMEOUT: Duration = Duration::from_millis(400);
 
 /// `explain`: the policy and the request to explain.
 #[derive(Debug)]
@@ -482,8 +494,32 @@ fn relay(args: RelayArgs, env: Env<'_>) -> Result<Role, ConfigError> {
             handshake: transport.handshake.unwrap_or(Handshake::Env),
             command,
             scrub,
+            stall_timeout: stall_timeout(env)?,
         })),
     }
+}
+
+/// The stdio relay's stall deadline: the default, or the test-only [`STALL_TIMEOUT_ENV`].
+fn stall_timeout(env: Env<'_>) -> Result<Duration, ConfigError> {
+    let default = crate::transport::stdio::STALL_TIMEOUT;
+    let Some(text) = env_nonempty(env, STALL_TIMEOUT_ENV) else {
+        return Ok(default);
+    };
+    let bad = || {
+        invalid(
+            "stdio stall timeout",
+            format!(
+                "{STALL_TIMEOUT_ENV} must be a duration from {}ms to {}s",
+                MIN_STALL_TIMEOUT.as_millis(),
+                default.as_secs()
+            ),
+        )
+    };
+    let DurationArg(value) = text.parse().map_err(|_| bad())?;
+    if !(MIN_STALL_TIMEOUT..=default).contains(&value) {
+        return Err(bad());
+    }
+    Ok(value)
 }
 
 fn health(args: HealthArgs, env: Env<'_>) -> Result<HealthConfig, ConfigError> {
@@ -1052,6 +1088,29 @@ mod tests {
         assert!("10".parse::<DurationArg>().is_err());
         assert!("10x".parse::<DurationArg>().is_err());
         assert!("s".parse::<DurationArg>().is_err());
+    }
+
+    #[test]
+    fn the_stdio_stall_timeout_is_20s_unless_the_test_knob_lowers_it() {
+        let stall = |vars: &'static [(&'static str, &'static str)]| {
+            let args = parse(&["relay", "--transport", "stdio", "--", "gw"]);
+            match load(args, &env_of(vars)) {
+                Ok(Run::Role(Role::StdioRelay(c))) => Ok(c.stall_timeout),
+                Ok(_) => panic!("not a stdio relay"),
+                Err(e) => Err(e.to_string()),
+            }
+        };
+        assert_eq!(stall(&[]), Ok(Duration::from_secs(20)));
+        assert_eq!(
+            stall(&[(STALL_TIMEOUT_ENV, "2s")]),
+            Ok(Duration::from_secs(2))
+        );
+        for refused in ["1ms", "off", "21s", "soon"] {
+            let vars: &'static [(&str, &str)] =
+                Box::leak(vec![(STALL_TIMEOUT_ENV, refused)].into_boxed_slice());
+            let err = stall(vars).unwrap_err();
+            assert!(err.contains(STALL_TIMEOUT_ENV), "{refused}: {err}");
+        }
     }
 
     #[test]

@@ -11,12 +11,14 @@
 //! and credential leaks (the upstream credential never enters the child's argv or environment; the
 //! bridge token is never in any argv).
 
+pub mod frames;
 pub(crate) mod gateway;
 pub(crate) mod handshake;
 pub mod io;
 pub(crate) mod peek;
 pub mod ready;
 pub(crate) mod relay;
+pub(crate) mod watch;
 
 use std::time::Duration;
 
@@ -34,6 +36,22 @@ pub const MAX_HEADER_PAIRS: usize = crate::policy::MAX_HEADER_COUNT;
 pub const PING_INTERVAL: Duration = Duration::from_secs(5);
 /// A PING unanswered for this long means the session is dead (Paperclip: 20 s stall limit).
 pub const PING_TIMEOUT: Duration = Duration::from_secs(20);
+/// The relay ends a session when nothing was read from the command, or a write to it stayed
+/// pending, for this long (docs/reference.md §6.2). Equal to [`PING_TIMEOUT`]: a live gateway
+/// answers the PING the relay sends after [`PING_INTERVAL`] of silence (and sends its own), so
+/// 20 s without a byte is several unanswered PINGs; a write pending that long means nothing reads
+/// the pipe (a paused container, a stalled `ssh`), where the HTTP/2 library's own PING timeout
+/// would wait forever to write its GOAWAY.
+pub const STALL_TIMEOUT: Duration = PING_TIMEOUT;
+/// Bytes of HTTP/2 control frames (everything but HEADERS and non-empty or stream-ending DATA,
+/// header included; see `frames.rs`) the relay reads from the command per second before it
+/// closes the session as hostile. A legitimate gateway sends far less: a PING and its ACK every
+/// 5 s, a few SETTINGS per session, at most one RST_STREAM per request (100/s by default), and
+/// WINDOW_UPDATEs as it consumes response bodies: Node's HTTP/2 client (Paperclip's gateway)
+/// sends two 13-byte frames per 32 KiB, ours one per 512 KiB, so 256 KiB/s covers more than
+/// 300 MiB/s of downloads through a Node gateway. A flood of 14-byte PRIORITY frames meets the
+/// budget after about 19,000 frames, a few milliseconds of the relay's time.
+pub const CONTROL_BYTES_PER_SECOND: u64 = 256 * 1024;
 /// HTTP/2 flow-control window per stream: large enough that a 10 MiB attachment is not throttled
 /// by round trips over a slow exec channel.
 pub const STREAM_WINDOW_BYTES: u32 = 1024 * 1024;

@@ -3,11 +3,14 @@
 //!
 //! Promise: every stream passes the bridge token check and the whole policy again (the relay never
 //! trusts the gateway), then the same forwarding as `serve` with the failure table of docs/reference.md §5;
-//! denials carry the same JSON bodies. At most [`MAX_CONCURRENT_STREAMS`] streams run at once, a
-//! session whose PINGs go unanswered for [`PING_TIMEOUT`] is dead, and a lost channel is restarted
-//! with backoff ([`MAX_RESTARTS`] in [`RESTART_WINDOW`]), so the agent's URL keeps working.
+//! denials carry the same JSON bodies. At most [`MAX_CONCURRENT_STREAMS`] streams run at once; a
+//! session that reads nothing, or cannot write, for the stall timeout ([`STALL_TIMEOUT`](super::STALL_TIMEOUT)) is
+//! dead whatever the HTTP/2 library is doing, and one that floods control frames is closed as
+//! hostile (`watch.rs`); the command is then killed and restarted with backoff ([`MAX_RESTARTS`]
+//! in [`RESTART_WINDOW`]), so the agent's URL keeps working.
 //! Attacks defended: a hostile sandbox cannot skip a check by talking HTTP/2 directly, cannot
-//! exhaust the relay with streams, headers or stalled bodies, and never sees the upstream
+//! exhaust the relay with streams, headers, stalled bodies, a frozen pipe or a control-frame
+//! flood, and never sees the upstream
 //! credential: it is not in the child's argv or environment (inherited `CALLBACK_BRIDGE_*`
 //! variables and the configured credential variable are removed), and the bridge token travels
 //! in the environment or on stdin, never in an argv.
@@ -31,7 +34,8 @@ use tokio::sync::mpsc;
 use super::handshake;
 use super::io::Duplex;
 use super::peek::{self, PeekOutcome, Peeked};
-use super::ready::{self, GateError};
+use super::ready::{self, GateError, H2_PREFACE};
+use super::watch::{ChannelFault, ChannelWatch, Watched};
 use super::{
     CONNECTION_WINDOW_BYTES, MAX_CONCURRENT_STREAMS, MAX_HEADER_LIST_BYTES, MAX_HEADER_PAIRS,
     PING_INTERVAL, PING_TIMEOUT, STREAM_WINDOW_BYTES,
@@ -72,6 +76,7 @@ pub async fn run(config: StdioRelayConfig) -> Result<(), TransportError> {
         handshake,
         command,
         scrub,
+        stall_timeout,
     } = config;
     let metrics = Arc::new(Metrics::default());
     let forwarder = Forwarder::new(target, &common, metrics.clone());
@@ -104,6 +109,7 @@ pub async fn run(config: StdioRelayConfig) -> Result<(), TransportError> {
         ready_line: Some(ready_line),
         ready_file: common.lifecycle.ready_file.clone(),
         restarts: RestartBudget::default(),
+        stall_timeout,
     };
     let outcome = supervisor.run().await;
     let reason = match &outcome {
@@ -184,6 +190,8 @@ enum SessionEnd {
     Stopped(ExitReason),
     /// The channel died; the text says how.
     Lost(String),
+    /// The relay ended the session: the channel stalled or flooded.
+    Faulted(ChannelFault),
 }
 
 /// Starts, watches and restarts the gateway command.
@@ -198,6 +206,8 @@ struct Supervisor {
     ready_line: Option<String>,
     ready_file: Option<std::path::PathBuf>,
     restarts: RestartBudget,
+    /// See [`StdioRelayConfig::stall_timeout`].
+    stall_timeout: Duration,
 }
 
 /// The restarts of the current window: at most [`MAX_RESTARTS`] in [`RESTART_WINDOW`], each
@@ -253,12 +263,25 @@ impl Supervisor {
                         prefix,
                     } = launched;
                     let end = self.serve_session(&mut child, stdin, stdout, prefix).await;
-                    reap(child, CHILD_EXIT_GRACE).await;
-                    match end {
-                        SessionEnd::Stopped(reason) => return Ok(reason),
+                    let grace = match &end {
+                        SessionEnd::Stopped(_) => CHILD_EXIT_GRACE,
                         SessionEnd::Lost(why) => {
                             tracing::warn!(reason = %why, "the stdio channel to the gateway was lost");
+                            CHILD_EXIT_GRACE
                         }
+                        // A frozen or hostile command will not exit by itself: kill it at once.
+                        SessionEnd::Faulted(fault) => {
+                            tracing::warn!(
+                                reason = %fault,
+                                hostile = fault.is_hostile(),
+                                "the stdio channel to the gateway was lost; killing the command"
+                            );
+                            Duration::ZERO
+                        }
+                    };
+                    reap(child, grace).await;
+                    if let SessionEnd::Stopped(reason) = end {
+                        return Ok(reason);
                     }
                 }
                 // A foreign READY is never retried: something other than our gateway answers.
@@ -315,15 +338,24 @@ impl Supervisor {
             let pipeline = pipeline.clone();
             async move { Ok::<_, Infallible>(stream(&pipeline, idle, req).await) }
         });
-        let io = TokioIo::new(Duplex::new(prefix, stdout, stdin));
-        let builder = server_builder();
+        let watch = ChannelWatch::new(self.stall_timeout);
+        let duplex = Duplex::new(prefix, stdout, stdin);
+        let io = TokioIo::new(Watched::new(duplex, H2_PREFACE.len(), watch.clone()));
+        let builder = server_builder(self.stall_timeout);
         let conn = builder.serve_connection(io, service);
         tokio::pin!(conn);
+        // The watch decides on its own clock: the HTTP/2 library may be stuck writing a GOAWAY
+        // into a pipe nobody reads.
         tokio::select! {
-            result = conn.as_mut() => SessionEnd::Lost(match result {
-                Ok(()) => "the gateway ended the session".to_owned(),
-                Err(e) => e.to_string(),
-            }),
+            result = conn.as_mut() => match watch.recorded() {
+                // The library saw the read error a flood caused.
+                Some(fault) => SessionEnd::Faulted(fault),
+                None => SessionEnd::Lost(match result {
+                    Ok(()) => "the gateway ended the session".to_owned(),
+                    Err(e) => e.to_string(),
+                }),
+            },
+            fault = watch.fault() => SessionEnd::Faulted(fault),
             status = child.wait() => SessionEnd::Lost(exit_text(status)),
             reason = self.stop_rx.recv() => {
                 let reason = reason.unwrap_or(ExitReason::Signal);
@@ -379,14 +411,19 @@ async fn reap(mut child: Child, grace: Duration) {
     let _ = tokio::time::timeout(CHILD_EXIT_GRACE, child.wait()).await;
 }
 
-fn server_builder() -> hyper::server::conn::http2::Builder<TokioExecutor> {
+/// The HTTP/2 server. Its keep-alive follows the stall timeout (a PING after a quarter of it
+/// without a byte, so a live gateway is never taken for a stalled one): [`PING_INTERVAL`] and
+/// [`PING_TIMEOUT`] with the default.
+fn server_builder(stall_timeout: Duration) -> hyper::server::conn::http2::Builder<TokioExecutor> {
     let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
     builder
         .timer(TokioTimer::new())
         .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
         .max_header_list_size(MAX_HEADER_LIST_BYTES)
-        .keep_alive_interval(PING_INTERVAL)
-        .keep_alive_timeout(PING_TIMEOUT)
+        .keep_alive_interval(
+            stall_timeout.mul_f64(PING_INTERVAL.as_secs_f64() / PING_TIMEOUT.as_secs_f64()),
+        )
+        .keep_alive_timeout(stall_timeout)
         .initial_stream_window_size(STREAM_WINDOW_BYTES)
         .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
         .auto_date_header(false);
