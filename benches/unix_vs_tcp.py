@@ -228,6 +228,8 @@ def main():
         print(f"| {k} | {med(lambda r: r[k]['mean_us']):.1f} | {med(lambda r: r[k]['p50_us']):.1f} | "
               f"{med(lambda r: r[k]['p99_us']):.1f} | {add} | {cpu} |")
     print(f"\nunix/tcp added latency ratio: {med(lambda r: added(r, 'unix') / added(r, 'tcp')):.2f}")
+    print("unix/tcp added latency ratio at the median (p50 - upstream p50): "
+          f"{med(lambda r: (r['unix']['p50_us'] - r['upstream']['p50_us']) / (r['tcp']['p50_us'] - r['upstream']['p50_us'])):.2f}")
     print(f"unix/tcp end-to-end latency ratio: {med(lambda r: r['unix']['mean_us'] / r['tcp']['mean_us']):.2f}")
     print(f"unix/tcp bridge CPU per request ratio: {med(lambda r: r['unix']['cpu_us'] / r['tcp']['cpu_us']):.2f}")
 
