@@ -87,9 +87,24 @@ option_group! {
     /// The agent-facing listener (`serve`, `gateway`).
     #[derive(Debug, Clone, Default, Args, Deserialize)]
     pub struct ListenOptions {
-        /// Listen address; must be loopback unless --allow-non-loopback [default: 127.0.0.1:0]
+        /// Listen address: IP:PORT (must be loopback unless --allow-non-loopback) or unix:PATH
+        /// (a Unix socket) [default: 127.0.0.1:0]
         #[arg(long, env = "CALLBACK_BRIDGE_LISTEN", value_name = "ADDR")]
         pub listen: Option<String>,
+
+        /// Mode of a unix: socket: 0600 (owner only) or 0660 (owner and group) [default: 0600]
+        #[arg(long, env = "CALLBACK_BRIDGE_LISTEN_MODE", value_name = "MODE")]
+        pub listen_mode: Option<String>,
+
+        /// unix: only: accept connections only from these peer uids (kernel credentials),
+        /// comma-separated; others are closed unread [default: any]
+        #[arg(long, env = "CALLBACK_BRIDGE_ALLOW_PEER_UID", value_delimiter = ',', value_name = "UIDS")]
+        pub allow_peer_uid: Option<Vec<u32>>,
+
+        /// unix: only: accept connections only from these peer gids (the peer's effective gid),
+        /// comma-separated; with --allow-peer-uid both must match [default: any]
+        #[arg(long, env = "CALLBACK_BRIDGE_ALLOW_PEER_GID", value_delimiter = ',', value_name = "GIDS")]
+        pub allow_peer_gid: Option<Vec<u32>>,
 
         /// Allow a listen address that is not loopback (true/false, yes/no, 1/0) [default: false]
         #[arg(long, env = "CALLBACK_BRIDGE_ALLOW_NON_LOOPBACK", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL", value_parser = clap::builder::BoolishValueParser::new())]

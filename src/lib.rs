@@ -25,6 +25,7 @@ mod respond;
 mod server;
 mod telemetry;
 pub mod transport;
+mod unix_socket;
 
 pub use commands::{check, explain, health};
 pub use config::{load, process_env, ConfigError, Role, Run};

@@ -5,7 +5,9 @@
 //! finish its request head in time is dropped while others are served; on a signal, lifeline EOF
 //! or a lifetime/idle limit, accepting stops, in-flight requests get `drain_timeout` to finish, the
 //! rest are answered 503 `shutting_down` (or 409 for forwarded mutations), and one exit-summary
-//! line is printed.
+//! line is printed. The listener is loopback TCP or a Unix socket (`unix_socket`); on a socket
+//! with a peer allow-list, a connection from any other uid/gid is closed before a byte is read
+//! (counted and logged), so a process outside the agent's identity never reaches the token check.
 
 use std::convert::Infallible;
 use std::io::Write;
@@ -15,16 +17,18 @@ use std::time::Duration;
 
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::TcpListener;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream, UnixStream};
 use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::JoinSet;
 
-use crate::config::{Common, Lifecycle, Listener, ServeConfig, TokenConfig};
+use crate::config::{Common, Lifecycle, ListenAddr, Listener, PeerCheck, ServeConfig, TokenConfig};
 use crate::dispatch::Dispatch;
 use crate::limits::BoxFuture;
 use crate::pipeline::{LocalEndpoints, Pipeline, PipelineSettings};
 use crate::proxy::Forwarder;
 use crate::telemetry::Metrics;
+use crate::unix_socket::{self, BoundSocket, UnixBindError};
 
 /// After the drain deadline, time allowed for the 503/409 answers to be written before the
 /// remaining connections are cut.
@@ -38,6 +42,8 @@ pub enum ServeError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    BindUnix(#[from] UnixBindError),
     #[error("cannot write ready file {path}: {source}")]
     ReadyFile {
         path: std::path::PathBuf,
@@ -92,8 +98,35 @@ impl LineSink {
     }
 }
 
+/// Where the listener was bound: the real port for TCP, the absolute path for a socket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BoundAddr {
+    Tcp(SocketAddr),
+    Unix(std::path::PathBuf),
+}
+
+impl BoundAddr {
+    /// The readiness line's `url`: `http://IP:PORT`, or `unix:/abs/path` for a socket (the agent
+    /// connects to that path and sends any `Host`; docs/reference.md §3.1).
+    pub fn url(&self) -> String {
+        match self {
+            BoundAddr::Tcp(addr) => format!("http://{addr}"),
+            BoundAddr::Unix(path) => format!("{}{}", crate::config::UNIX_PREFIX, path.display()),
+        }
+    }
+}
+
+impl std::fmt::Display for BoundAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BoundAddr::Tcp(addr) => addr.fmt(f),
+            BoundAddr::Unix(path) => write!(f, "unix:{}", path.display()),
+        }
+    }
+}
+
 /// Runs after the listener is bound, with its address, before the readiness line.
-pub type OnBound = Box<dyn FnOnce(SocketAddr) -> Result<(), ServeError> + Send>;
+pub type OnBound = Box<dyn FnOnce(&BoundAddr) -> Result<(), ServeError> + Send>;
 
 /// What a gateway adds to [`serve`]: where its lines go, a stop reason of its own, and a step
 /// after the listener is bound and before the readiness line (the queue gateway writes
@@ -164,7 +197,53 @@ impl AgentSide {
     }
 }
 
-/// Binds the listener. Separate so that callers can report a bind failure before anything else.
+/// A bound listener: TCP, or a Unix socket (removed from the file system when dropped).
+enum Bound {
+    Tcp(TcpListener, SocketAddr),
+    Unix(BoundSocket, PeerCheck),
+}
+
+/// One accepted connection; a Unix one with the listener's peer allow-list.
+enum Accepted<'a> {
+    Tcp(TcpStream),
+    Unix(UnixStream, &'a PeerCheck),
+}
+
+impl Bound {
+    async fn new(addr: &ListenAddr) -> Result<Bound, ServeError> {
+        match addr {
+            ListenAddr::Tcp(listen) => {
+                let (listener, addr) = bind(*listen)?;
+                Ok(Bound::Tcp(listener, addr))
+            }
+            ListenAddr::Unix(unix) => Ok(Bound::Unix(
+                unix_socket::bind(&unix.path, unix.mode).await?,
+                unix.peers.clone(),
+            )),
+        }
+    }
+
+    fn addr(&self) -> BoundAddr {
+        match self {
+            Bound::Tcp(_, addr) => BoundAddr::Tcp(*addr),
+            Bound::Unix(socket, _) => BoundAddr::Unix(socket.path().to_owned()),
+        }
+    }
+
+    async fn accept(&self) -> std::io::Result<Accepted<'_>> {
+        match self {
+            Bound::Tcp(listener, _) => listener.accept().await.map(|(s, _)| Accepted::Tcp(s)),
+            Bound::Unix(socket, peers) => socket
+                .listener()
+                .accept()
+                .await
+                .map(|(s, _)| Accepted::Unix(s, peers)),
+        }
+    }
+}
+
+/// Binds the TCP listener. Separate so that callers can report a bind failure before anything
+/// else.
 fn bind(listen: SocketAddr) -> Result<(TcpListener, SocketAddr), ServeError> {
     let err = |source| ServeError::Bind {
         addr: listen,
@@ -182,6 +261,33 @@ fn bind(listen: SocketAddr) -> Result<(TcpListener, SocketAddr), ServeError> {
     let listener = socket.listen(LISTEN_BACKLOG).map_err(err)?;
     let addr = listener.local_addr().map_err(err)?;
     Ok((listener, addr))
+}
+
+/// The peer check of a Unix socket, before anything is read: the kernel's credentials of the
+/// connecting process must be in the allow-list. A refused connection is dropped (closed unread),
+/// counted and logged; `None` means "serve it".
+fn check_peer(stream: UnixStream, peers: &PeerCheck, metrics: &Metrics) -> Option<UnixStream> {
+    if !peers.is_set() {
+        return Some(stream);
+    }
+    match stream.peer_cred() {
+        Ok(cred) if peers.allows(cred.uid(), cred.gid()) => Some(stream),
+        Ok(cred) => {
+            metrics.record_peer_refused();
+            tracing::warn!(
+                peer_uid = cred.uid(),
+                peer_gid = cred.gid(),
+                peer_pid = cred.pid(),
+                "connection closed: peer not allowed"
+            );
+            None
+        }
+        Err(e) => {
+            metrics.record_peer_refused();
+            tracing::warn!(error = %e, "connection closed: peer credentials unavailable");
+            None
+        }
+    }
 }
 
 /// Pending connections the kernel queues before `accept`: std's default of 128 made a burst of
@@ -202,13 +308,14 @@ pub async fn serve<D: Dispatch>(
         lifecycle,
         drain_timeout,
     } = agent;
-    let (listener, addr) = bind(config.addr)?;
+    let listener = Bound::new(&config.addr).await?;
+    let addr = listener.addr();
     if let Some(on_bound) = hooks.on_bound {
-        on_bound(addr)?;
+        on_bound(&addr)?;
     }
     let ready = ReadyLine {
         event: "ready",
-        url: format!("http://{addr}"),
+        url: addr.url(),
         pid: std::process::id(),
         token: token.generated.then(|| token.token.expose()),
     };
@@ -252,7 +359,7 @@ pub async fn serve<D: Dispatch>(
             Some(_) = conns.join_next(), if !conns.is_empty() => {}
             permit = connections.clone().acquire_owned() => {
                 let Ok(permit) = permit else { break ExitReason::Signal };
-                let (stream, _peer) = tokio::select! {
+                let accepted = tokio::select! {
                     biased;
                     reason = stop_rx.recv() => break reason.unwrap_or(ExitReason::Signal),
                     accepted = listener.accept() => match accepted {
@@ -265,25 +372,23 @@ pub async fn serve<D: Dispatch>(
                         }
                     },
                 };
-                let _ = stream.set_nodelay(true);
-                let pipeline = pipeline.clone();
-                let service = service_fn(move |req| {
-                    let pipeline = pipeline.clone();
-                    async move { Ok::<_, Infallible>(pipeline.handle(req.into()).await) }
-                });
-                let conn = http.serve_connection(TokioIo::new(stream), service);
-                let mut shutdown = shutdown_rx.clone();
-                conns.spawn(async move {
-                    let _permit = permit;
-                    tokio::pin!(conn);
-                    tokio::select! {
-                        _ = conn.as_mut() => {}
-                        () = async { let _ = shutdown.wait_for(|s| *s).await; } => {
-                            conn.as_mut().graceful_shutdown();
-                            let _ = conn.await;
+                let conn = Connection {
+                    http: &http,
+                    pipeline: &pipeline,
+                    shutdown: &shutdown_rx,
+                    permit,
+                };
+                match accepted {
+                    Accepted::Tcp(stream) => {
+                        let _ = stream.set_nodelay(true);
+                        conn.spawn(&mut conns, stream);
+                    }
+                    Accepted::Unix(stream, peers) => {
+                        if let Some(stream) = check_peer(stream, peers, pipeline.metrics()) {
+                            conn.spawn(&mut conns, stream);
                         }
                     }
-                });
+                }
             }
         }
     };
@@ -306,6 +411,41 @@ pub async fn serve<D: Dispatch>(
         .lines
         .emit(&pipeline.metrics().exit_line(reason.as_str()))?;
     Ok(reason)
+}
+
+/// What a new connection's task needs; [`Connection::spawn`] serves one stream of any kind.
+struct Connection<'a, D: Dispatch> {
+    http: &'a hyper::server::conn::http1::Builder,
+    pipeline: &'a Arc<Pipeline<D>>,
+    shutdown: &'a watch::Receiver<bool>,
+    permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl<D: Dispatch> Connection<'_, D> {
+    fn spawn<S>(self, conns: &mut JoinSet<()>, stream: S)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let pipeline = self.pipeline.clone();
+        let service = service_fn(move |req| {
+            let pipeline = pipeline.clone();
+            async move { Ok::<_, Infallible>(pipeline.handle(req.into()).await) }
+        });
+        let conn = self.http.serve_connection(TokioIo::new(stream), service);
+        let mut shutdown = self.shutdown.clone();
+        let permit = self.permit;
+        conns.spawn(async move {
+            let _permit = permit;
+            tokio::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                () = async { let _ = shutdown.wait_for(|s| *s).await; } => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.await;
+                }
+            }
+        });
+    }
 }
 
 async fn drain(conns: &mut JoinSet<()>) {

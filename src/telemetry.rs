@@ -422,6 +422,8 @@ pub struct Metrics {
     pub in_flight: std::sync::Arc<AtomicU64>,
     pub bytes_in: AtomicU64,
     pub bytes_out: AtomicU64,
+    /// Connections to a Unix socket closed unread because the peer's uid/gid is not allowed.
+    peer_refused: AtomicU64,
     /// Count per (route id or "-", status, deny code or "").
     by_outcome: Mutex<BTreeMap<OutcomeKey, u64>>,
     denied: Mutex<BTreeMap<&'static str, u64>>,
@@ -449,6 +451,11 @@ impl Metrics {
             let mut denied = self.denied.lock().unwrap_or_else(|e| e.into_inner());
             *denied.entry(code.as_str()).or_insert(0) += 1;
         }
+    }
+
+    /// Counts one connection closed by the peer check (docs/reference.md §3.6).
+    pub fn record_peer_refused(&self) {
+        self.peer_refused.fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn record_upstream_latency(&self, d: Duration) {
@@ -524,6 +531,16 @@ impl Metrics {
             out,
             "callback_bridge_bytes_out_total {}",
             g(&self.bytes_out)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP callback_bridge_peer_refused_total Unix-socket connections closed unread: peer uid/gid not allowed."
+        );
+        let _ = writeln!(out, "# TYPE callback_bridge_peer_refused_total counter");
+        let _ = writeln!(
+            out,
+            "callback_bridge_peer_refused_total {}",
+            g(&self.peer_refused)
         );
         let _ = writeln!(out, "# HELP callback_bridge_upstream_latency_seconds Time from forwarding to the upstream response head.");
         let _ = writeln!(

@@ -8,7 +8,11 @@
 //! * `queue` — agent → `gateway --transport queue` → files → `relay --transport queue -- sh -c`
 //!   → mock upstream;
 //! * `stdio` — agent → `gateway --transport stdio` (child of the relay) → HTTP/2 on stdio →
-//!   `relay --transport stdio` → mock upstream.
+//!   `relay --transport stdio` → mock upstream;
+//!
+//! and once more each with the agent on a Unix socket (`--listen unix:PATH`, docs/reference.md
+//! §2.3): `case::serve_unix`, `case::queue_unix`, `case::stdio_unix`. The contract does not
+//! depend on how the agent connects.
 //!
 //! Each case asserts both sides: what the agent got and what the upstream received. Gateways are
 //! given only the bridge token, their listen address, transport, queue directory and limits (body
@@ -45,6 +49,26 @@ enum Transport {
     Serve,
     Queue,
     Stdio,
+    /// The same three with the agent-facing listener on a Unix socket.
+    ServeUnix,
+    QueueUnix,
+    StdioUnix,
+}
+
+impl Transport {
+    /// The transport, whichever way the agent connects (for per-transport expectations).
+    fn kind(self) -> Transport {
+        match self {
+            Transport::ServeUnix => Transport::Serve,
+            Transport::QueueUnix => Transport::Queue,
+            Transport::StdioUnix => Transport::Stdio,
+            t => t,
+        }
+    }
+
+    fn unix(self) -> bool {
+        self.kind() != self
+    }
 }
 
 /// The processes of one transport, held for the rig's lifetime and killed when dropped.
@@ -63,6 +87,8 @@ enum Processes {
 struct Rig {
     // Declared first: the processes stop before the upstream and the queue directory go away.
     _processes: Processes,
+    /// Holds the agent-facing socket of a Unix-socket rig.
+    _socket_dir: Option<tempfile::TempDir>,
     transport: Transport,
     upstream: MockUpstream,
     agent: Agent,
@@ -117,10 +143,24 @@ impl Rig {
         limits.extend_from_slice(setup.limits);
         let mut upstream_side = limits.clone();
         upstream_side.extend_from_slice(setup.upstream_options);
-        let (processes, agent) = match t {
+        let socket_dir = t.unix().then(|| tempfile::tempdir().unwrap());
+        let socket = socket_dir.as_ref().map(|d| d.path().join("agent.sock"));
+        let listen = socket
+            .as_ref()
+            .map(|p| format!("unix:{}", p.display()))
+            .unwrap_or_default();
+        // The agent-facing listen option, for serve and the queue gateway (the stdio relay
+        // passes it to its gateway itself).
+        let listen_args: Vec<&str> = if t.unix() {
+            vec!["--listen", listen.as_str()]
+        } else {
+            Vec::new()
+        };
+        let (processes, agent) = match t.kind() {
             Transport::Serve => {
                 let mut args = vec!["--upstream", upstream_url.as_str()];
                 args.extend_from_slice(&upstream_side);
+                args.extend_from_slice(&listen_args);
                 let bridge = Bridge::spawn(
                     &args,
                     &[
@@ -136,7 +176,9 @@ impl Rig {
             Transport::Queue => {
                 let sandbox = Sandbox::new();
                 // The gateway: bridge token, queue directory, limits. Nothing upstream.
-                let (gateway, agent) = sandbox.gateway(&limits);
+                let mut gateway_args = limits.clone();
+                gateway_args.extend_from_slice(&listen_args);
+                let (gateway, agent) = sandbox.gateway(&gateway_args);
                 // The relay: upstream URL, credential and run id (see Sandbox::relay).
                 let relay = sandbox.relay(&upstream_url, &["sh", "-c"], &upstream_side);
                 (
@@ -159,15 +201,21 @@ impl Rig {
                         relay_env: &[("PAPERCLIP_RUN_ID", RUN_ID)],
                         gateway_args: &limits,
                         supplied_token: true,
+                        unix_socket: socket.as_deref(),
                         ..Default::default()
                     },
                 );
                 let agent = relay.agent();
                 (Processes::Stdio(relay), agent)
             }
+            unix => unreachable!("{unix:?} is not a kind"),
         };
+        if let Some(socket) = &socket {
+            assert_eq!(agent.url(), format!("unix:{}", socket.display()), "{t:?}");
+        }
         Rig {
             _processes: processes,
+            _socket_dir: socket_dir,
             transport: t,
             upstream,
             agent,
@@ -214,6 +262,21 @@ macro_rules! across_transports {
             $(#[$d])?
             fn stdio() {
                 super::$case(super::Transport::Stdio)
+            }
+            #[test]
+            $(#[$s])?
+            fn serve_unix() {
+                super::$case(super::Transport::ServeUnix)
+            }
+            #[test]
+            $(#[$q])?
+            fn queue_unix() {
+                super::$case(super::Transport::QueueUnix)
+            }
+            #[test]
+            $(#[$d])?
+            fn stdio_unix() {
+                super::$case(super::Transport::StdioUnix)
             }
         }
     };
@@ -760,7 +823,7 @@ fn upstream_breaking_mid_body_never_looks_complete(t: Transport) {
     ] {
         let what = format!("{t:?} {} {}", req.method, req.target);
         let outcome = req.bearer(BRIDGE_TOKEN).try_send(rig.agent.addr);
-        match (t, outcome) {
+        match (t.kind(), outcome) {
             // The queue relay reads the whole upstream response before writing the response file,
             // so it can still answer as docs/reference.md §5's table says.
             (Transport::Queue, Ok(resp)) => resp.assert_bridge_error(status, code),
@@ -806,7 +869,7 @@ fn upstream_504_marked_indeterminate(t: Transport) {
         ),
     );
     let resp = rig.send(Req::new("POST", COMMENTS).json("{}"));
-    match t {
+    match t.kind() {
         // docs/reference.md §5: direct mode passes the upstream's answer through unchanged.
         Transport::Serve => {
             assert_eq!(resp.status, 504, "{:?}", resp.text());
@@ -815,7 +878,7 @@ fn upstream_504_marked_indeterminate(t: Transport) {
         }
         // docs/reference.md §5/§6: a gateway turns an indeterminate answer into 409 outcome_indeterminate,
         // with §5's body.
-        Transport::Queue | Transport::Stdio => assert_indeterminate(t, &resp),
+        _ => assert_indeterminate(t, &resp),
     }
     assert_eq!(
         resp.header("x-paperclip-bridge-outcome"),

@@ -128,7 +128,7 @@ fn relay_through_a_channel(upstream: &MockUpstream, stall_timeout: &str) -> (Pro
     let ready = proc.next_json().expect("relay readiness line");
     assert_eq!(ready["event"], "ready", "{ready}");
     let agent = Agent {
-        addr: listen.parse().unwrap(),
+        addr: Endpoint::Tcp(listen.parse().unwrap()),
         token: ready["token"].as_str().unwrap().to_owned(),
     };
     (proc, agent)

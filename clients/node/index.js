@@ -23,6 +23,11 @@ const MAX_LINE_CHARS = 1 << 20;
 const ENV_UPSTREAM_TOKEN = 'CALLBACK_BRIDGE_UPSTREAM_TOKEN';
 const ENV_BRIDGE_TOKEN = 'CALLBACK_BRIDGE_TOKEN';
 const ENV_RUN_ID = 'PAPERCLIP_RUN_ID';
+// A readiness url of this form names the Unix socket the agent connects to (docs/reference.md §3.1).
+const UNIX_PREFIX = 'unix:';
+// The base URL an agent on a Unix socket uses: the host part is only the Host header (the bridge
+// ignores it), the connection goes to PAPERCLIP_API_SOCKET.
+const SOCKET_BASE_URL = 'http://localhost';
 
 /** Base class of every error this module produces about the bridge process. */
 export class BridgeError extends Error {
@@ -141,6 +146,13 @@ function checkTimeout(name, value) {
   }
 }
 
+function checkIdArray(name, value) {
+  if (value !== undefined && !(Array.isArray(value) && value.length > 0
+      && value.every((id) => Number.isInteger(id) && id >= 0 && id <= 0xffffffff))) {
+    throw new TypeError(`startBridge: options.${name} must be a non-empty array of uids/gids`);
+  }
+}
+
 function checkStringArray(name, value) {
   if (value !== undefined && !(Array.isArray(value) && value.every((a) => typeof a === 'string'))) {
     throw new TypeError(`startBridge: options.${name} must be an array of strings`);
@@ -163,6 +175,10 @@ export function buildInvocation(options = {}) {
     bridgeToken,
     runId,
     lifeline = true,
+    socketPath,
+    socketMode,
+    allowPeerUids,
+    allowPeerGids,
   } = options;
   checkString('binary', binary);
   checkStringArray('command', command);
@@ -172,6 +188,17 @@ export function buildInvocation(options = {}) {
   checkString('bridgeToken', bridgeToken);
   checkString('runId', runId);
   checkString('agentUrl', options.agentUrl);
+  checkString('socketPath', socketPath);
+  if (socketPath === '') throw new TypeError('startBridge: options.socketPath must not be empty');
+  if (socketMode !== undefined && socketMode !== '0600' && socketMode !== '0660') {
+    throw new TypeError("startBridge: options.socketMode must be '0600' or '0660'");
+  }
+  checkIdArray('allowPeerUids', allowPeerUids);
+  checkIdArray('allowPeerGids', allowPeerGids);
+  if (socketPath === undefined
+      && (socketMode !== undefined || allowPeerUids !== undefined || allowPeerGids !== undefined)) {
+    throw new TypeError('startBridge: socketMode, allowPeerUids and allowPeerGids need socketPath');
+  }
   checkTimeout('readyTimeoutMs', options.readyTimeoutMs);
   checkTimeout('stopTimeoutMs', options.stopTimeoutMs);
   if (options.onLog !== undefined && typeof options.onLog !== 'function') {
@@ -188,6 +215,10 @@ export function buildInvocation(options = {}) {
   const flags = [];
   if (upstream !== undefined) flags.push('--upstream', upstream);
   if (lifeline) flags.push('--lifeline', 'stdin');
+  if (socketPath !== undefined) flags.push('--listen', `${UNIX_PREFIX}${socketPath}`);
+  if (socketMode !== undefined) flags.push('--listen-mode', socketMode);
+  if (allowPeerUids !== undefined) flags.push('--allow-peer-uid', allowPeerUids.join(','));
+  if (allowPeerGids !== undefined) flags.push('--allow-peer-gid', allowPeerGids.join(','));
   flags.push(...args);
   const sep = command.indexOf('--');
   const argv = sep === -1
@@ -342,8 +373,15 @@ export async function startBridge(options = {}) {
   const url = typeof ready.url === 'string' ? ready.url : options.agentUrl;
   // Supplied tokens are not echoed on the ready line: use the one we put in the environment.
   const token = typeof ready.token === 'string' ? ready.token : inv.env[ENV_BRIDGE_TOKEN];
+  // `unix:/path`: the agent connects to the socket and calls http://localhost/… over it.
+  const socketPath = url?.startsWith(UNIX_PREFIX) ? url.slice(UNIX_PREFIX.length) : undefined;
   const agentEnv = {};
-  if (url !== undefined) agentEnv.PAPERCLIP_API_URL = url;
+  if (socketPath !== undefined) {
+    agentEnv.PAPERCLIP_API_URL = SOCKET_BASE_URL;
+    agentEnv.PAPERCLIP_API_SOCKET = socketPath;
+  } else if (url !== undefined) {
+    agentEnv.PAPERCLIP_API_URL = url;
+  }
   if (token !== undefined) agentEnv.PAPERCLIP_API_KEY = token;
 
   let stopping = null;
@@ -366,6 +404,7 @@ export async function startBridge(options = {}) {
 
   return {
     url,
+    socketPath,
     token,
     env: agentEnv,
     pid: child.pid,

@@ -8,7 +8,6 @@
 //! defended: a typo that silently disables a setting (unknown keys and log directives are errors),
 //! and a credential handed to the sandbox side by mistake.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -23,12 +22,14 @@ use crate::cli::{
 use crate::policy::{HeaderRules, Policy, RouteTable};
 
 mod file;
+mod listen;
 mod upstream;
 
 use crate::transport::stdio::handshake::{
     valid_nonce, MAX_NONCE_LEN, NONCE_ENV, PAPERCLIP_NONCE_ENV, PAPERCLIP_TOKEN_ENV,
 };
 use file::{one_line, with_file, FileRole, MergedCommon};
+pub use listen::{ListenAddr, PeerCheck, UNIX_PREFIX};
 pub use upstream::Upstream;
 
 /// Paperclip's default local listen origin.
@@ -153,7 +154,7 @@ impl Role {
 /// The agent-facing listener.
 #[derive(Debug, Clone)]
 pub struct Listener {
-    pub addr: SocketAddr,
+    pub addr: ListenAddr,
     pub max_connections: usize,
     pub header_read_timeout: Duration,
 }
@@ -410,11 +411,11 @@ fn gateway(args: GatewayArgs, env: Env<'_>) -> Result<Role, ConfigError> {
                         .into(),
                 ));
             }
-            if listener.addr.port() == 0 {
+            if !listener.addr.is_fixed() {
                 return Err(ConfigError::Refused(
-                    "the stdio gateway needs a fixed port (--listen 127.0.0.1:PORT or \
-                     PAPERCLIP_BRIDGE_PORT): the agent's URL must stay the same when the relay \
-                     restarts it"
+                    "the stdio gateway needs a fixed address (--listen 127.0.0.1:PORT, \
+                     PAPERCLIP_BRIDGE_PORT or --listen unix:PATH): the agent's URL must stay the \
+                     same when the relay restarts it"
                         .into(),
                 ));
             }
@@ -526,6 +527,13 @@ fn health(args: HealthArgs, env: Env<'_>) -> Result<HealthConfig, ConfigError> {
     let url = match args.url {
         Some(u) => u,
         None => match env_nonempty(env, "CALLBACK_BRIDGE_LISTEN") {
+            Some(listen) if listen.starts_with(listen::UNIX_PREFIX) => {
+                return Err(invalid(
+                    "url",
+                    "health probes TCP only; for a unix: listener use \
+                     curl --unix-socket PATH http://localhost/__bridge/health",
+                ))
+            }
             Some(listen) => format!("http://{listen}"),
             None => {
                 return Err(invalid(
@@ -758,10 +766,13 @@ impl MergedCommon {
 }
 
 fn listener(opts: &ListenOptions) -> Result<Listener, ConfigError> {
-    let addr = parse_listen(
-        opts.listen.as_deref().unwrap_or("127.0.0.1:0"),
-        opts.allow_non_loopback.unwrap_or(false),
-    )?;
+    let addr = listen::parse(listen::RawListen {
+        listen: opts.listen.as_deref().unwrap_or("127.0.0.1:0"),
+        allow_non_loopback: opts.allow_non_loopback.unwrap_or(false),
+        mode: opts.listen_mode.as_deref(),
+        allow_peer_uid: opts.allow_peer_uid.as_deref(),
+        allow_peer_gid: opts.allow_peer_gid.as_deref(),
+    })?;
     let max_connections = opts.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS);
     if max_connections == 0 {
         return Err(invalid("max_connections", "must be greater than zero"));
@@ -908,34 +919,6 @@ fn load_secret(
         }
         None => Ok(env(env_name).filter(|v| !v.is_empty())),
     }
-}
-
-fn parse_listen(raw: &str, allow_non_loopback: bool) -> Result<SocketAddr, ConfigError> {
-    let key = "listen";
-    let addr = match raw.parse::<SocketAddr>() {
-        Ok(a) => a,
-        Err(_) => match raw.rsplit_once(':') {
-            Some(("localhost", port)) => {
-                let port: u16 = port
-                    .parse()
-                    .map_err(|_| invalid(key, format!("{raw:?} has an invalid port")))?;
-                SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port)
-            }
-            _ => {
-                return Err(invalid(
-                    key,
-                    format!("{raw:?} is not an IP:PORT address (e.g. 127.0.0.1:0)"),
-                ))
-            }
-        },
-    };
-    if !addr.ip().is_loopback() && !allow_non_loopback {
-        return Err(invalid(
-            key,
-            format!("{addr} is not a loopback address; set allow_non_loopback = true to permit it"),
-        ));
-    }
-    Ok(addr)
 }
 
 fn duration_or(v: Option<DurationArg>, default: Duration) -> Duration {
@@ -1115,12 +1098,12 @@ mod tests {
 
     #[test]
     fn refuses_non_loopback_listen_unless_allowed() {
-        assert!(parse_listen("0.0.0.0:0", false).is_err());
-        assert!(parse_listen("0.0.0.0:0", true).is_ok());
-        assert!(parse_listen("127.0.0.1:0", false).is_ok());
-        assert!(parse_listen("[::1]:8080", false).is_ok());
-        assert!(parse_listen("localhost:9", false).is_ok());
-        assert!(parse_listen("nonsense", false).is_err());
+        assert!(listen::parse_tcp("0.0.0.0:0", false).is_err());
+        assert!(listen::parse_tcp("0.0.0.0:0", true).is_ok());
+        assert!(listen::parse_tcp("127.0.0.1:0", false).is_ok());
+        assert!(listen::parse_tcp("[::1]:8080", false).is_ok());
+        assert!(listen::parse_tcp("localhost:9", false).is_ok());
+        assert!(listen::parse_tcp("nonsense", false).is_err());
     }
 
     #[test]
@@ -1279,7 +1262,10 @@ mod tests {
             panic!("not a queue gateway");
         };
         assert_eq!(c.queue_dir, PathBuf::from("/tmp/pq"));
-        assert_eq!(c.listener.addr, "[::1]:4100".parse().unwrap());
+        assert_eq!(
+            c.listener.addr,
+            ListenAddr::Tcp("[::1]:4100".parse().unwrap())
+        );
         assert_eq!(c.common.limits.max_body_bytes, 2048);
         assert_eq!(c.response_timeout, Duration::from_millis(1500));
         assert_eq!(c.poll_interval, MAX_POLL_INTERVAL);
@@ -1302,7 +1288,10 @@ mod tests {
         else {
             panic!("not a stdio gateway");
         };
-        assert_eq!(c.listener.addr, "[::1]:4101".parse().unwrap());
+        assert_eq!(
+            c.listener.addr,
+            ListenAddr::Tcp("[::1]:4101".parse().unwrap())
+        );
         assert_eq!(c.response_timeout, Duration::from_secs(2));
         // A host without a port is an ephemeral port: refused for stdio, which needs a fixed one.
         let env = env_of(&[
@@ -1311,7 +1300,7 @@ mod tests {
             ("CALLBACK_BRIDGE_NONCE", "n1"),
         ]);
         let err = load(parse(&["gateway", "--transport", "stdio"]), &env).unwrap_err();
-        assert!(err.to_string().contains("fixed port"), "{err}");
+        assert!(err.to_string().contains("fixed address"), "{err}");
     }
 
     #[test]
@@ -1343,7 +1332,10 @@ mod tests {
         else {
             panic!("not a queue gateway");
         };
-        assert_eq!(c.listener.addr, "127.0.0.1:0".parse().unwrap());
+        assert_eq!(
+            c.listener.addr,
+            ListenAddr::Tcp("127.0.0.1:0".parse().unwrap())
+        );
         assert_eq!(c.max_queue_depth, 8);
         let cmd = parse(&[
             "gateway",
@@ -1357,7 +1349,10 @@ mod tests {
         let Run::Role(Role::QueueGateway(c)) = load(cmd, &env).unwrap() else {
             panic!("not a queue gateway");
         };
-        assert_eq!(c.listener.addr, "127.0.0.1:9".parse().unwrap());
+        assert_eq!(
+            c.listener.addr,
+            ListenAddr::Tcp("127.0.0.1:9".parse().unwrap())
+        );
         assert_eq!(c.max_queue_depth, 3);
     }
 
@@ -1434,7 +1429,10 @@ mod tests {
         .unwrap() else {
             panic!()
         };
-        assert!(!c.listener.addr.ip().is_loopback());
+        let ListenAddr::Tcp(addr) = c.listener.addr else {
+            panic!("not tcp")
+        };
+        assert!(!addr.ip().is_loopback());
     }
 
     #[test]

@@ -1,5 +1,6 @@
-//! The agent's side: HTTP/1.1 over a plain `TcpStream`, writing exactly the bytes a test gives
-//! (so that malformed requests can be sent) and reading one response at a time.
+//! The agent's side: HTTP/1.1 over a plain `TcpStream` or `UnixStream` (an [`Endpoint`]),
+//! writing exactly the bytes a test gives (so that malformed requests can be sent) and reading one
+//! response at a time.
 //!
 //! * [`Req`] builds a well-formed request (`connection: close`, so one request per connection);
 //!   [`Req::send`] writes it and reads the answer.
@@ -9,36 +10,91 @@
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
 use std::sync::mpsc::{self, Receiver};
 
 use serde_json::Value;
 
 use super::{BRIDGE_TOKEN, WAIT};
 
+/// Where an agent connects: a loopback TCP address or a Unix socket. `Copy` like the
+/// `SocketAddr` it generalises, so every helper taking an address takes either (a socket's path
+/// is leaked once per endpoint made: a test makes a handful).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Endpoint {
+    Tcp(SocketAddr),
+    Unix(&'static Path),
+}
+
+impl Endpoint {
+    /// The Unix socket at `path`.
+    pub fn unix(path: &Path) -> Endpoint {
+        Endpoint::Unix(Box::leak(path.to_path_buf().into_boxed_path()))
+    }
+
+    /// The value of the `host` header a client sends: the address, or `localhost` for a socket
+    /// (what `curl --unix-socket P http://localhost/…` sends).
+    pub fn host(&self) -> String {
+        match self {
+            Endpoint::Tcp(addr) => addr.to_string(),
+            Endpoint::Unix(_) => "localhost".to_string(),
+        }
+    }
+
+    /// The TCP address; panics for a socket (for tests that are about TCP itself).
+    pub fn tcp(&self) -> SocketAddr {
+        match self {
+            Endpoint::Tcp(addr) => *addr,
+            Endpoint::Unix(p) => panic!("{} is a Unix socket, not a TCP address", p.display()),
+        }
+    }
+}
+
+impl From<SocketAddr> for Endpoint {
+    fn from(addr: SocketAddr) -> Endpoint {
+        Endpoint::Tcp(addr)
+    }
+}
+
+impl std::fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Endpoint::Tcp(addr) => addr.fmt(f),
+            Endpoint::Unix(path) => write!(f, "unix:{}", path.display()),
+        }
+    }
+}
+
 /// An agent-facing endpoint: where the agent connects (a `serve` listener or a gateway) and the
 /// bridge token it presents.
 #[derive(Clone, Debug)]
 pub struct Agent {
-    pub addr: SocketAddr,
+    pub addr: Endpoint,
     pub token: String,
 }
 
 impl Agent {
     /// An endpoint at `addr` whose token is [`BRIDGE_TOKEN`].
-    pub fn new(addr: SocketAddr) -> Agent {
+    pub fn new(addr: impl Into<Endpoint>) -> Agent {
         Agent {
-            addr,
+            addr: addr.into(),
             token: BRIDGE_TOKEN.to_string(),
         }
     }
 
-    /// An endpoint at `url` (`http://HOST:PORT`) whose token is [`BRIDGE_TOKEN`].
+    /// An endpoint at `url` (`http://HOST:PORT`, or `unix:PATH` from a readiness line) whose
+    /// token is [`BRIDGE_TOKEN`].
     pub fn at_url(url: &str) -> Agent {
-        Agent::new(addr_of_url(url))
+        Agent::new(endpoint_of_url(url))
     }
 
+    /// `http://HOST:PORT`, or `unix:PATH` for a socket (the readiness line's form).
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        match self.addr {
+            Endpoint::Tcp(addr) => format!("http://{addr}"),
+            Endpoint::Unix(_) => self.addr.to_string(),
+        }
     }
 
     /// Sends `req` with this endpoint's token unless the request already carries
@@ -87,7 +143,7 @@ impl Agent {
 /// One request on a fresh connection: `headers` as given, and `body` with a `content-length`
 /// when it is not empty or the method is `POST`, `PUT` or `PATCH` (no content type is added).
 pub fn request(
-    addr: SocketAddr,
+    addr: impl Into<Endpoint>,
     method: &str,
     target: &str,
     headers: &[(&str, &str)],
@@ -109,6 +165,14 @@ pub fn prometheus_samples(text: &str) -> std::collections::BTreeMap<String, f64>
             Some((key.trim().to_string(), value.trim().parse().ok()?))
         })
         .collect()
+}
+
+/// Parses a readiness `url`: `unix:PATH` is that socket, anything else [`addr_of_url`].
+pub fn endpoint_of_url(url: &str) -> Endpoint {
+    match url.strip_prefix("unix:") {
+        Some(path) => Endpoint::unix(Path::new(path)),
+        None => Endpoint::Tcp(addr_of_url(url)),
+    }
 }
 
 /// Parses `http://HOST:PORT` into a connectable address (an unspecified host becomes loopback).
@@ -220,25 +284,75 @@ impl Response {
     }
 }
 
+/// A connected client stream of either kind.
+pub enum Stream {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+impl Stream {
+    /// Connects (bounded by [`WAIT`]); every later read and write is bounded by [`WAIT`] too.
+    pub fn connect(addr: Endpoint) -> io::Result<Stream> {
+        match addr {
+            Endpoint::Tcp(addr) => {
+                let stream = TcpStream::connect_timeout(&addr, WAIT)?;
+                stream.set_read_timeout(Some(WAIT))?;
+                stream.set_write_timeout(Some(WAIT))?;
+                stream.set_nodelay(true)?;
+                Ok(Stream::Tcp(stream))
+            }
+            Endpoint::Unix(path) => {
+                // A Unix connect does not wait for a handshake: it succeeds or fails at once.
+                let stream = UnixStream::connect(path)?;
+                stream.set_read_timeout(Some(WAIT))?;
+                stream.set_write_timeout(Some(WAIT))?;
+                Ok(Stream::Unix(stream))
+            }
+        }
+    }
+}
+
+impl Read for Stream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => s.read(buf),
+            Stream::Unix(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Stream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => s.write(buf),
+            Stream::Unix(s) => s.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Stream::Tcp(s) => s.flush(),
+            Stream::Unix(s) => s.flush(),
+        }
+    }
+}
+
 /// A client connection writing exact bytes.
 pub struct RawConn {
-    reader: BufReader<TcpStream>,
+    reader: BufReader<Stream>,
 }
 
 impl RawConn {
     /// Connects (bounded by [`WAIT`]); panics if nothing listens.
-    pub fn connect(addr: SocketAddr) -> RawConn {
+    pub fn connect(addr: impl Into<Endpoint>) -> RawConn {
+        let addr = addr.into();
         Self::try_connect(addr).unwrap_or_else(|e| panic!("connect to {addr}: {e}"))
     }
 
     /// Connects (bounded by [`WAIT`]); every later read and write is bounded by [`WAIT`] too.
-    pub fn try_connect(addr: SocketAddr) -> io::Result<RawConn> {
-        let stream = TcpStream::connect_timeout(&addr, WAIT)?;
-        stream.set_read_timeout(Some(WAIT))?;
-        stream.set_write_timeout(Some(WAIT))?;
-        stream.set_nodelay(true)?;
+    pub fn try_connect(addr: impl Into<Endpoint>) -> io::Result<RawConn> {
         Ok(RawConn {
-            reader: BufReader::new(stream),
+            reader: BufReader::new(Stream::connect(addr.into())?),
         })
     }
 
@@ -386,13 +500,13 @@ impl RawConn {
 
 /// Writes `bytes` on a new connection and reads one response; a connection that cannot be
 /// opened is a panic (the listener is expected to be up), a broken exchange an error.
-pub fn try_raw_request(addr: SocketAddr, bytes: &[u8]) -> io::Result<Response> {
+pub fn try_raw_request(addr: impl Into<Endpoint>, bytes: &[u8]) -> io::Result<Response> {
     exchange(RawConn::connect(addr), bytes)
 }
 
 /// Like [`try_raw_request`], but a refused connection is an error too (for polling a listener
 /// that is restarting).
-pub fn try_raw_request_or_refused(addr: SocketAddr, bytes: &[u8]) -> io::Result<Response> {
+pub fn try_raw_request_or_refused(addr: impl Into<Endpoint>, bytes: &[u8]) -> io::Result<Response> {
     exchange(RawConn::try_connect(addr)?, bytes)
 }
 
@@ -409,7 +523,7 @@ fn exchange(mut conn: RawConn, bytes: &[u8]) -> io::Result<Response> {
 }
 
 /// Writes `bytes` on a new connection and reads one response; panics if none arrives.
-pub fn raw_request(addr: SocketAddr, bytes: &[u8]) -> Response {
+pub fn raw_request(addr: impl Into<Endpoint>, bytes: &[u8]) -> Response {
     try_raw_request(addr, bytes).unwrap_or_else(|e| {
         panic!(
             "no response to {:?}: {e}",
@@ -420,9 +534,10 @@ pub fn raw_request(addr: SocketAddr, bytes: &[u8]) -> Response {
 
 /// Runs [`try_raw_request`] on a thread; the receiver yields its result.
 pub fn raw_request_in_background(
-    addr: SocketAddr,
+    addr: impl Into<Endpoint>,
     bytes: Vec<u8>,
 ) -> Receiver<io::Result<Response>> {
+    let addr = addr.into();
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         let _ = tx.send(try_raw_request(addr, &bytes));
@@ -501,10 +616,10 @@ impl Req {
             .any(|(k, _)| k.eq_ignore_ascii_case(name))
     }
 
-    pub fn to_bytes(&self, addr: SocketAddr) -> Vec<u8> {
+    pub fn to_bytes(&self, addr: impl Into<Endpoint>) -> Vec<u8> {
         let mut out = format!("{} {} HTTP/1.1\r\n", self.method, self.target).into_bytes();
         if !self.has_header("host") {
-            out.extend_from_slice(format!("host: {addr}\r\n").as_bytes());
+            out.extend_from_slice(format!("host: {}\r\n", addr.into().host()).as_bytes());
         }
         for (k, v) in &self.headers {
             out.extend_from_slice(format!("{k}: {v}\r\n").as_bytes());
@@ -524,18 +639,21 @@ impl Req {
         out
     }
 
-    pub fn send(&self, addr: SocketAddr) -> Response {
+    pub fn send(&self, addr: impl Into<Endpoint>) -> Response {
+        let addr = addr.into();
         raw_request(addr, &self.to_bytes(addr))
     }
 
     /// Like [`Req::send`] but returns errors, a refused connection included (for polling a
     /// restarting gateway).
-    pub fn try_send(&self, addr: SocketAddr) -> io::Result<Response> {
+    pub fn try_send(&self, addr: impl Into<Endpoint>) -> io::Result<Response> {
+        let addr = addr.into();
         try_raw_request_or_refused(addr, &self.to_bytes(addr))
     }
 
     /// Sends on a thread; the receiver yields the result.
-    pub fn send_in_background(&self, addr: SocketAddr) -> Receiver<io::Result<Response>> {
+    pub fn send_in_background(&self, addr: impl Into<Endpoint>) -> Receiver<io::Result<Response>> {
+        let addr = addr.into();
         raw_request_in_background(addr, self.to_bytes(addr))
     }
 }

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use super::client::{addr_of_url, Agent, Req, Response};
+use super::client::{endpoint_of_url, Agent, Endpoint, Req, Response};
 use super::upstream::MockUpstream;
 use super::{BRIDGE_TOKEN, RUN_ID, UPSTREAM_TOKEN, WAIT};
 
@@ -517,8 +517,12 @@ pub struct Bridge {
     pub ready: Value,
     /// `url` from the readiness line.
     pub url: String,
-    /// Address to connect to (the `url`'s, with an unspecified host replaced by 127.0.0.1).
+    /// TCP address to connect to (the `url`'s, with an unspecified host replaced by 127.0.0.1).
+    /// For a bridge on a Unix socket it is `127.0.0.1:0`, where nothing can connect: use
+    /// `endpoint`.
     pub addr: SocketAddr,
+    /// Where the agent connects, TCP or Unix socket (from the `url`).
+    pub endpoint: Endpoint,
     /// The bridge token: from the readiness line when generated, else from the environment.
     pub token: String,
 }
@@ -556,9 +560,14 @@ impl Bridge {
                 .map(|(_, v)| v.to_string())
                 .unwrap_or_default(),
         };
+        let endpoint = endpoint_of_url(&url);
         Bridge {
             proc,
-            addr: addr_of_url(&url),
+            addr: match endpoint {
+                Endpoint::Tcp(addr) => addr,
+                Endpoint::Unix(_) => SocketAddr::from(([127, 0, 0, 1], 0)),
+            },
+            endpoint,
             url,
             token,
             ready,
@@ -592,7 +601,7 @@ impl Bridge {
     /// The agent-facing endpoint (address and token).
     pub fn agent(&self) -> Agent {
         Agent {
-            addr: self.addr,
+            addr: self.endpoint,
             token: self.token.clone(),
         }
     }

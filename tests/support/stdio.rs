@@ -2,12 +2,11 @@
 //! the relay holding the upstream URL and credential, the gateway (its child) given only its
 //! `--listen` address; the token and nonce reach it through the relay's handshake.
 
-use std::net::SocketAddr;
 use std::process::{Command, ExitStatus};
 
 use serde_json::Value;
 
-use super::client::Agent;
+use super::client::{Agent, Endpoint};
 use super::process::{bridge_binary_str, bridge_command, children_of, Proc};
 use super::upstream::MockUpstream;
 use super::{closed_port, BRIDGE_TOKEN, UPSTREAM_TOKEN};
@@ -36,7 +35,7 @@ pub fn relay_command_url(upstream_url: &str, args: &[&str]) -> Command {
 pub struct Relay {
     pub proc: Proc,
     /// The gateway's `--listen` address, where the agent connects.
-    pub addr: SocketAddr,
+    pub addr: Endpoint,
     pub token: String,
     pub ready: Value,
 }
@@ -54,11 +53,13 @@ pub struct RelayOptions<'a> {
     pub supplied_token: bool,
     /// Wrap the gateway in `sh -c '<prefix>; exec "$0" "$@"'`.
     pub shell_prefix: Option<&'a str>,
+    /// The gateway listens on this Unix socket instead of a loopback port.
+    pub unix_socket: Option<&'a std::path::Path>,
 }
 
 impl Relay {
     /// `relay --transport stdio -- callback-bridge gateway --transport stdio --listen
-    /// 127.0.0.1:PORT`, waiting for the relay's readiness line (printed once the gateway's READY
+    /// 127.0.0.1:PORT` (or `unix:PATH`), waiting for the relay's readiness line (printed once the gateway's READY
     /// line was accepted, after the gateway bound its port).
     pub fn start(upstream: &MockUpstream, opts: RelayOptions<'_>) -> Relay {
         Self::start_url(&upstream.url(), opts)
@@ -66,8 +67,13 @@ impl Relay {
 
     /// [`Relay::start`] forwarding to `upstream_url`.
     pub fn start_url(upstream_url: &str, opts: RelayOptions<'_>) -> Relay {
-        let port = closed_port();
-        let listen = format!("127.0.0.1:{port}");
+        let (listen, addr) = match opts.unix_socket {
+            Some(path) => (format!("unix:{}", path.display()), Endpoint::unix(path)),
+            None => {
+                let addr = std::net::SocketAddr::from(([127, 0, 0, 1], closed_port()));
+                (addr.to_string(), Endpoint::Tcp(addr))
+            }
+        };
         let mut cmd = relay_command_url(upstream_url, &["relay", "--transport", "stdio"]);
         cmd.args(opts.relay_args).arg("--");
         if opts.supplied_token {
@@ -93,7 +99,7 @@ impl Relay {
         };
         Relay {
             proc,
-            addr: listen.parse().unwrap(),
+            addr,
             token,
             ready,
         }

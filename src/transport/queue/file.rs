@@ -286,8 +286,14 @@ pub struct RelayAnnouncement {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ReadyFile {
     pub pid: u32,
-    pub host: String,
-    pub port: u16,
+    /// TCP only (absent on a Unix socket).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    /// Unix socket only: its absolute path.
+    #[serde(rename = "socketPath", skip_serializing_if = "Option::is_none")]
+    pub socket_path: Option<String>,
     #[serde(rename = "baseUrl")]
     pub base_url: String,
     #[serde(rename = "startedAt")]

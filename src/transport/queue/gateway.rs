@@ -13,7 +13,6 @@
 
 use std::collections::HashMap;
 use std::io::Write as _;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -33,7 +32,7 @@ use crate::config::QueueGatewayConfig;
 use crate::dispatch::{relay_answer, Allowed, Dispatch, ForwardError, Forwarded, Hop, RequestBody};
 use crate::pipeline::{LocalEndpoints, Pipeline, PipelineSettings};
 use crate::policy::{Allow, BodyKind, Deny, DenyCode, HeaderRules};
-use crate::server::{self, AgentSide, ServeError, ServeHooks};
+use crate::server::{self, AgentSide, BoundAddr, ServeError, ServeHooks};
 use crate::telemetry::Metrics;
 use crate::transport::TransportError;
 
@@ -161,13 +160,19 @@ pub async fn run(config: QueueGatewayConfig) -> Result<(), TransportError> {
     Ok(())
 }
 
-/// `ready.json` (Paperclip's keys) and `server.pid`, both published atomically.
-fn write_readiness(dirs: &Dirs, addr: SocketAddr) -> Result<(), ServeError> {
+/// `ready.json` (Paperclip's keys) and `server.pid`, both published atomically. On a Unix socket
+/// `host` and `port` are absent, `socketPath` names the socket and `baseUrl` is `unix:PATH`.
+fn write_readiness(dirs: &Dirs, addr: &BoundAddr) -> Result<(), ServeError> {
+    let (host, port, socket_path) = match addr {
+        BoundAddr::Tcp(addr) => (Some(addr.ip().to_string()), Some(addr.port()), None),
+        BoundAddr::Unix(path) => (None, None, Some(path.display().to_string())),
+    };
     let ready = file::ReadyFile {
         pid: std::process::id(),
-        host: addr.ip().to_string(),
-        port: addr.port(),
-        base_url: format!("http://{addr}"),
+        host,
+        port,
+        socket_path,
+        base_url: addr.url(),
         started_at: file::now_iso8601(),
     };
     let json = serde_json::to_vec(&ready).unwrap_or_default();

@@ -30,7 +30,7 @@ use super::{
     PING_INTERVAL, PING_TIMEOUT, STREAM_WINDOW_BYTES,
 };
 use crate::body::{self, BodyState, BoxError, BridgeBody, GuardedBody};
-use crate::config::{StdioGatewayConfig, StdioHandshake, TokenConfig};
+use crate::config::{ListenAddr, StdioGatewayConfig, StdioHandshake, TokenConfig};
 use crate::dispatch::{relay_answer, Allowed, Dispatch, ForwardError, Forwarded, Hop, RequestBody};
 use crate::lifecycle::ExitReason;
 use crate::pipeline::{LocalEndpoints, Pipeline, PipelineSettings};
@@ -38,28 +38,36 @@ use crate::policy::{Allow, BodyKind, HeaderRules};
 use crate::server::{self, AgentSide, LineSink, ServeHooks};
 use crate::telemetry::Metrics;
 use crate::transport::TransportError;
+use crate::unix_socket::{self, Occupant};
 
 /// How long a request may wait for the session to come up after the listener was bound (the
 /// session starts immediately after the READY line; only a wedged stdout takes longer).
 const SESSION_START_WAIT: Duration = Duration::from_secs(10);
-/// When restarted by the relay, the previous gateway may still hold the port for a moment (it
-/// exits as soon as it notices its session ended): wait this long for the port to be free.
+/// When restarted by the relay, the previous gateway may still hold the port (or socket) for a
+/// moment (it exits as soon as it notices its session ended): wait this long for it to be free.
 const PORT_WAIT: Duration = Duration::from_secs(5);
 /// Pause between attempts to bind a port that is still in use.
 const PORT_RETRY_INTERVAL: Duration = Duration::from_millis(50);
 
 /// Waits (bounded) until `addr` can be bound: a gateway restarted by the relay may find its
-/// predecessor still holding the port for a moment.
-async fn wait_for_port(addr: std::net::SocketAddr) {
+/// predecessor still holding the port, or still accepting on the socket, for a moment. After the
+/// wait the real bind decides (a socket still live then is refused).
+async fn wait_for_address(addr: &ListenAddr) {
     let deadline = Instant::now() + PORT_WAIT;
     loop {
-        match std::net::TcpListener::bind(addr) {
-            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && Instant::now() < deadline => {
-                tokio::time::sleep(PORT_RETRY_INTERVAL).await;
+        let busy = match addr {
+            ListenAddr::Tcp(addr) => matches!(
+                std::net::TcpListener::bind(addr),
+                Err(e) if e.kind() == std::io::ErrorKind::AddrInUse
+            ),
+            ListenAddr::Unix(unix) => {
+                matches!(unix_socket::probe(&unix.path).await, Occupant::Live)
             }
-            // Free, or another error that the real bind will report.
-            _ => return,
+        };
+        if !busy || Instant::now() >= deadline {
+            return;
         }
+        tokio::time::sleep(PORT_RETRY_INTERVAL).await;
     }
 }
 
@@ -124,7 +132,7 @@ pub async fn run(config: StdioGatewayConfig) -> Result<(), TransportError> {
             Ok(())
         })),
     };
-    wait_for_port(listener.addr).await;
+    wait_for_address(&listener.addr).await;
     let token = TokenConfig {
         token: hs.token,
         generated: false,
