@@ -459,13 +459,15 @@ fn the_relay_refuses_streams_with_a_forged_token() {
     let relay = Relay::start(
         &upstream,
         RelayOptions {
-            shell_prefix: Some("CALLBACK_BRIDGE_TOKEN=forged-token; export CALLBACK_BRIDGE_TOKEN"),
+            shell_prefix: Some(
+                "CALLBACK_BRIDGE_TOKEN=forged-token-0123456789; export CALLBACK_BRIDGE_TOKEN",
+            ),
             ..Default::default()
         },
     );
     let (_serve, serve_addr) = start_serve(&upstream);
     let raw =
-        "GET /api/agents/me HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer forged-token\r\n\r\n";
+        "GET /api/agents/me HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer forged-token-0123456789\r\n\r\n";
     let via_stdio = raw_request(relay.addr, raw.as_bytes());
     let direct = raw_request(serve_addr, raw.as_bytes());
     assert_eq!(via_stdio.status, 401);
