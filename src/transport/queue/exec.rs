@@ -13,7 +13,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::Command;
 
-use super::scripts;
+use super::scripts::{self, Flow};
 use crate::config::Scrub;
 
 /// Longest run of one command (docs/reference.md §6.1). The idle wait inside the sandbox is 5 s; the rest is
@@ -21,6 +21,9 @@ use crate::config::Scrub;
 pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
 /// Stderr kept for the log when a command fails; the rest is read and dropped.
 const STDERR_KEEP: usize = 2048;
+/// Bytes of stdout read at a time and handed to the sink: the only stdout buffer the relay holds
+/// for a running command.
+const STDOUT_CHUNK: usize = 64 * 1024;
 
 /// Why a command did not produce a usable result.
 #[derive(Debug, thiserror::Error)]
@@ -34,6 +37,11 @@ pub enum ExecError {
     Timeout(Duration),
     #[error("command printed more than {0} bytes")]
     TooMuchOutput(usize),
+    #[error("command printed nothing for {0:?} in the middle of its output")]
+    Stalled(Duration),
+    /// The reader of its output asked to stop it (reported as [`Output::stopped`]).
+    #[error("command stopped by the reader of its output")]
+    Stopped,
     #[error("command I/O failed: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -41,7 +49,10 @@ pub enum ExecError {
 /// What a finished command left.
 #[derive(Debug)]
 pub struct Output {
+    /// Its stdout ([`Runner::run`]); empty when a sink consumed it ([`Runner::run_streaming`]).
     pub stdout: Vec<u8>,
+    /// The sink asked to stop: the command was killed before its end.
+    pub stopped: bool,
     pub success: bool,
     /// How the command exited (`exit status: 1`, `signal: 9`).
     pub status: std::process::ExitStatus,
@@ -54,6 +65,10 @@ pub struct Output {
 pub enum CommandFailure {
     #[error(transparent)]
     Exec(#[from] ExecError),
+    /// Its output carried a file beyond the envelope (refused) or broken base64: it was
+    /// stopped before its end.
+    #[error("the {what} command was stopped: its output carried a file beyond the envelope or broken base64")]
+    Stopped { what: &'static str },
     /// It ran and failed, or its output ended early. `stderr` is sandbox-controlled text.
     #[error("the {what} command failed ({status}): {stderr}")]
     Failed {
@@ -97,6 +112,32 @@ impl Runner {
         stdin: Option<Vec<u8>>,
         stdout_cap: usize,
     ) -> Result<Output, ExecError> {
+        let mut kept = Vec::new();
+        let mut sink = |chunk: &[u8]| {
+            kept.extend_from_slice(chunk);
+            Flow::Continue
+        };
+        let mut out = self
+            .run_streaming(script, stdin, stdout_cap, None, &mut sink)
+            .await?;
+        out.stdout = kept;
+        Ok(out)
+    }
+
+    /// Runs `prefix… script` with `stdin` (or none), handing its stdout to `sink` as it arrives
+    /// (nothing is buffered here): at most `stdout_cap` bytes in all, and the command is killed
+    /// as soon as `sink` answers [`Flow::Stop`] (the output then counts as cut off). With
+    /// `stall`, once the command has printed something it must keep printing: a pause longer
+    /// than `stall` kills it (a take whose read of a claimed file blocks, e.g. on a FIFO swapped
+    /// in, costs `stall`, not the whole [`COMMAND_TIMEOUT`]).
+    pub async fn run_streaming(
+        &self,
+        script: String,
+        stdin: Option<Vec<u8>>,
+        stdout_cap: usize,
+        stall: Option<Duration>,
+        sink: &mut (dyn FnMut(&[u8]) -> Flow + Send),
+    ) -> Result<Output, ExecError> {
         let script = scripts::for_prefix(&self.prefix, script);
         let (program, args) = self
             .prefix
@@ -132,16 +173,31 @@ impl Runner {
         let mut stderr = child.stderr.take();
         let work = async {
             let read_out = async {
-                let mut buf = Vec::new();
+                let mut total = 0usize;
                 if let Some(out) = stdout.as_mut() {
-                    let mut limited = out.take(stdout_cap as u64 + 1);
-                    limited.read_to_end(&mut buf).await?;
+                    let mut chunk = vec![0u8; STDOUT_CHUNK];
+                    loop {
+                        let n = match stall.filter(|_| total > 0) {
+                            Some(d) => tokio::time::timeout(d, out.read(&mut chunk))
+                                .await
+                                .map_err(|_| ExecError::Stalled(d))??,
+                            None => out.read(&mut chunk).await?,
+                        };
+                        if n == 0 {
+                            break;
+                        }
+                        total += n;
+                        if total > stdout_cap {
+                            // Stop at once: the command is killed below, not waited for.
+                            return Err(ExecError::TooMuchOutput(stdout_cap));
+                        }
+                        if sink(&chunk[..n]) == Flow::Stop {
+                            // Like too much output: the command is killed below.
+                            return Err(ExecError::Stopped);
+                        }
+                    }
                 }
-                if buf.len() > stdout_cap {
-                    // Stop at once: the command is killed below, not waited for.
-                    return Err(ExecError::TooMuchOutput(stdout_cap));
-                }
-                Ok::<_, ExecError>(buf)
+                Ok::<_, ExecError>(())
             };
             let read_err = async {
                 let mut kept = Vec::new();
@@ -158,9 +214,9 @@ impl Runner {
                 }
                 Ok::<_, ExecError>(kept)
             };
-            let (out, err) = tokio::try_join!(read_out, read_err)?;
+            let ((), err) = tokio::try_join!(read_out, read_err)?;
             let status = child.wait().await?;
-            Ok::<_, ExecError>((out, err, status))
+            Ok::<_, ExecError>((err, status))
         };
         let result = tokio::time::timeout(COMMAND_TIMEOUT, work).await;
         if let Some(task) = stdin_task {
@@ -172,13 +228,25 @@ impl Runner {
                 let _ = child.wait().await;
                 Err(ExecError::Timeout(COMMAND_TIMEOUT))
             }
+            Ok(Err(ExecError::Stopped)) => {
+                let _ = child.start_kill();
+                let status = child.wait().await?;
+                Ok(Output {
+                    stdout: Vec::new(),
+                    stopped: true,
+                    success: false,
+                    status,
+                    stderr: String::new(),
+                })
+            }
             Ok(Err(e)) => {
                 let _ = child.start_kill();
                 let _ = child.wait().await;
                 Err(e)
             }
-            Ok(Ok((stdout, stderr, status))) => Ok(Output {
-                stdout,
+            Ok(Ok((stderr, status))) => Ok(Output {
+                stdout: Vec::new(),
+                stopped: false,
                 success: status.success(),
                 status,
                 stderr: String::from_utf8_lossy(&stderr).into_owned(),

@@ -382,9 +382,8 @@ impl Shared {
 
     /// Whether `relay.json` announces the claims protocol (read fresh: a relay may start late).
     fn relay_claims(&self) -> bool {
-        std::fs::read(self.settings.dirs.root.join("relay.json"))
+        read_capped(&self.settings.dirs.root.join("relay.json"), 4096)
             .ok()
-            .filter(|b| b.len() <= 4096)
             .and_then(|b| serde_json::from_slice::<RelayAnnouncement>(&b).ok())
             .is_some_and(|a| a.protocol == CLAIMS_PROTOCOL)
     }
@@ -542,11 +541,24 @@ enum ReadError {
     Io(std::io::Error),
 }
 
-/// Reads a file of at most `limit` bytes (its size is checked before reading).
+/// Reads a regular file of at most `limit` bytes. The open never blocks and never follows a
+/// symlink (`O_NONBLOCK | O_NOFOLLOW`: a FIFO planted in the queue cannot wedge the gateway), and
+/// what was opened must be a regular file (checked on the handle); its size is checked before
+/// reading and the read is capped.
 fn read_capped(path: &Path, limit: u64) -> Result<Vec<u8>, ReadError> {
     use std::io::Read;
-    let f = std::fs::File::open(path).map_err(ReadError::Io)?;
-    let size = f.metadata().map_err(ReadError::Io)?.len();
+    use std::os::unix::fs::OpenOptionsExt;
+    let flags = rustix::fs::OFlags::NONBLOCK | rustix::fs::OFlags::NOFOLLOW;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(flags.bits() as i32)
+        .open(path)
+        .map_err(ReadError::Io)?;
+    let meta = f.metadata().map_err(ReadError::Io)?;
+    if !meta.is_file() {
+        return Err(ReadError::Io(std::io::Error::other("not a regular file")));
+    }
+    let size = meta.len();
     if size > limit {
         return Err(ReadError::TooLarge(size));
     }

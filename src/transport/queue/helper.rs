@@ -5,17 +5,23 @@
 //! Promise: a request is claimed by one `rename` before it is read, only regular files with a
 //! valid id are touched, nothing larger than the envelope is read, and a response is published
 //! by `rename` only while the `.claimed` file exists and no response does. Attacks defended:
-//! planted symlinks and directories (never followed or written through: temp files are created
-//! with `O_EXCL`), hostile names, oversized files.
+//! planted or swapped-in symlinks at any level (every directory is a handle opened with
+//! `O_NOFOLLOW`, every file is named relative to one and opened with `O_NOFOLLOW`, temp files
+//! with `O_EXCL`; a symlinked queue root or subdirectory is refused with an error), FIFOs and
+//! devices (opened `O_NONBLOCK`, and only a handle that `fstat` shows regular is read), hostile
+//! names (exactly the ids of `file::valid_id`), oversized or growing files (size taken from the
+//! opened handle, reading capped at the envelope).
 
 use std::fs;
 use std::io::{self, BufRead, Read, Write};
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use base64::Engine;
+use rustix::fs::{self as rfs, AtFlags, Mode, OFlags};
 
-use super::file::{valid_id, CLAIMED_SUFFIX, JSON_SUFFIX};
+use super::file::{valid_id, CLAIMED_SUFFIX, JSON_SUFFIX, TMP_SUFFIX};
 use crate::transport::TransportError;
 
 /// Poll interval of the helper's wait for the first request: a `readdir` costs microseconds, so
@@ -94,65 +100,149 @@ pub fn run(args: &[String]) -> Result<(), TransportError> {
         })
 }
 
-/// Regular files in `dir` named `<valid id><suffix>`, oldest first (mtime, then name).
-fn listing(dir: &Path, suffix: &str) -> io::Result<Vec<(String, u64)>> {
+/// A queue directory opened without following symlinks: the root and its subdirectories are
+/// handles (`O_DIRECTORY | O_NOFOLLOW`), and every file is named relative to one of them, so a
+/// symlink the sandbox plants (or swaps in) at any level is refused, never followed.
+struct Queue {
+    root: OwnedFd,
+    requests: OwnedFd,
+    responses: OwnedFd,
+}
+
+/// Why a queue directory was refused.
+fn not_plain(name: &str) -> io::Error {
+    io::Error::other(format!(
+        "queue directory {name} is a symbolic link or not a directory; refusing to use it"
+    ))
+}
+
+/// Opens directory `name` in `dir`, creating it first when `create`; a symlink is refused.
+fn open_dir(dir: impl AsFd, name: &str, create: bool) -> io::Result<OwnedFd> {
+    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    if create {
+        match rfs::mkdirat(&dir, name, Mode::from_raw_mode(0o777)) {
+            Ok(()) => {}
+            Err(e) if e == rustix::io::Errno::EXIST => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    rfs::openat(&dir, name, flags, Mode::empty()).map_err(|e| {
+        if e == rustix::io::Errno::LOOP || e == rustix::io::Errno::NOTDIR {
+            not_plain(name)
+        } else {
+            e.into()
+        }
+    })
+}
+
+impl Queue {
+    /// Opens the queue at `path`: its parent is the host's choice and is opened as named; the
+    /// last component and everything below are opened without following symlinks.
+    fn open(path: &Path, create: bool) -> io::Result<Queue> {
+        let (parent, name) = match (path.parent(), path.file_name().and_then(|n| n.to_str())) {
+            (Some(p), Some(n)) => (
+                if p.as_os_str().is_empty() {
+                    Path::new(".")
+                } else {
+                    p
+                },
+                n,
+            ),
+            _ => (path, "."),
+        };
+        let parent = rfs::open(
+            parent,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?;
+        let root = open_dir(&parent, name, create)?;
+        let requests = open_dir(&root, "requests", create)?;
+        let responses = open_dir(&root, "responses", create)?;
+        if create {
+            open_dir(&root, "logs", true)?;
+        }
+        Ok(Queue {
+            root,
+            requests,
+            responses,
+        })
+    }
+}
+
+/// Opens regular file `name` in `dir` for reading without following a symlink and without
+/// blocking on a FIFO (`O_NONBLOCK`); what was opened must be a regular file (`fstat` on the
+/// handle). Returns the file and its size.
+fn open_regular(dir: impl AsFd, name: &str) -> io::Result<(fs::File, u64)> {
+    let fd = rfs::openat(
+        dir,
+        name,
+        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    let st = rfs::fstat(&fd)?;
+    if rfs::FileType::from_raw_mode(st.st_mode) != rfs::FileType::RegularFile {
+        return Err(io::Error::other("not a regular file"));
+    }
+    Ok((fs::File::from(fd), st.st_size.max(0) as u64))
+}
+
+/// Whether `name` exists in `dir` (a symlink counts; nothing is followed).
+fn exists(dir: impl AsFd, name: &str) -> bool {
+    rfs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW).is_ok()
+}
+
+/// Regular files in `dir` named `<valid id><suffix>` (exactly [`valid_id`]), oldest first
+/// (mtime, then name).
+fn listing(dir: &OwnedFd, suffix: &str) -> io::Result<Vec<String>> {
     let mut found = Vec::new();
-    for entry in fs::read_dir(dir)? {
+    for entry in rfs::Dir::read_from(dir)? {
         let entry = entry?;
-        let name = entry.file_name();
-        let Some(name) = name.to_str() else { continue };
+        let Ok(name) = entry.file_name().to_str() else {
+            continue;
+        };
         let Some(id) = name.strip_suffix(suffix) else {
             continue;
         };
         if !valid_id(id) {
             continue;
         }
-        let Ok(meta) = entry.path().symlink_metadata() else {
+        let Ok(st) = rfs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) else {
             continue;
         };
-        if !meta.is_file() {
+        if rfs::FileType::from_raw_mode(st.st_mode) != rfs::FileType::RegularFile {
             continue;
         }
-        let mtime = meta.modified().unwrap_or(SystemTime::UNIX_EPOCH);
-        found.push((mtime, id.to_owned(), meta.len()));
+        found.push(((st.st_mtime, st.st_mtime_nsec), id.to_owned()));
     }
     found.sort();
-    Ok(found.into_iter().map(|(_, id, len)| (id, len)).collect())
+    Ok(found.into_iter().map(|(_, id)| id).collect())
 }
 
-/// Reads a claimed file, at most `limit` bytes (the listing already checked its size).
-fn read_capped(path: &Path, limit: u64) -> io::Result<Vec<u8>> {
-    let mut buf = Vec::new();
-    fs::File::open(path)?
-        .take(limit + 1)
-        .read_to_end(&mut buf)?;
-    Ok(buf)
-}
+/// Longest `relay.json` compared: the relay's announcement is far shorter.
+const RELAY_JSON_MAX: u64 = 4096;
 
 /// Prints the entries of a listing in the take protocol, claiming them first when `claim`.
 fn emit(
-    dir: &Path,
-    entries: Vec<(String, u64)>,
+    q: &Queue,
+    entries: Vec<String>,
     suffix: &str,
     claim: bool,
     o: &Opts,
     out: &mut impl Write,
 ) -> io::Result<()> {
     let (mut taken, mut bytes) = (0usize, 0u64);
-    for (id, size) in entries {
-        if taken >= o.max_files {
-            writeln!(out, ":M")?;
-            break;
-        }
-        let big = size > o.envelope;
-        if !big && taken > 0 && bytes.saturating_add(size) > o.max_bytes {
+    for id in entries {
+        if taken >= o.max_files || (taken > 0 && bytes > o.max_bytes) {
             writeln!(out, ":M")?;
             break;
         }
         if claim {
             if let Some(expected) = &o.relay_json {
-                match fs::read(dir.join("..").join("relay.json")) {
-                    Ok(cur) if cur == expected.as_bytes() => {}
+                let mut cur = Vec::new();
+                let read = open_regular(&q.root, "relay.json")
+                    .and_then(|(f, _)| f.take(RELAY_JSON_MAX).read_to_end(&mut cur));
+                match read {
+                    Ok(_) if cur == expected.as_bytes() => {}
                     Ok(_) => {
                         writeln!(out, ":R other")?;
                         break;
@@ -164,25 +254,37 @@ fn emit(
                 }
             }
         }
-        let path = dir.join(format!("{id}{suffix}"));
-        let file = if claim {
-            let claimed = dir.join(format!("{id}{CLAIMED_SUFFIX}"));
-            if fs::rename(&path, &claimed).is_err() {
+        let name = format!("{id}{suffix}");
+        let name = if claim {
+            let claimed = format!("{id}{CLAIMED_SUFFIX}");
+            if rfs::renameat(&q.requests, &name, &q.requests, &claimed).is_err() {
                 continue;
             }
             claimed
         } else {
-            path
+            name
         };
         taken += 1;
-        if big {
+        // Type and size are those of what was opened (after the claim), never of a name.
+        let (file, size) = match open_regular(&q.requests, &name) {
+            Ok(f) => f,
+            Err(_) => {
+                writeln!(out, ":F {id}\n:E 1")?;
+                continue;
+            }
+        };
+        if size > o.envelope {
             writeln!(out, ":B {id} {size}")?;
             continue;
         }
         bytes += size;
         writeln!(out, ":F {id}")?;
-        match read_capped(&file, o.envelope) {
-            Ok(data) => {
+        let mut data = Vec::new();
+        match file
+            .take(o.envelope.saturating_add(1))
+            .read_to_end(&mut data)
+        {
+            Ok(_) => {
                 out.write_all(
                     base64::engine::general_purpose::STANDARD
                         .encode(data)
@@ -201,79 +303,61 @@ fn queue_dir(o: &Opts) -> &Path {
 }
 
 fn take(o: &Opts, out: &mut impl Write) -> io::Result<()> {
-    let requests = queue_dir(o).join("requests");
+    let q = Queue::open(queue_dir(o), true)?;
     let deadline = Instant::now() + Duration::from_millis(o.wait_ms);
     let entries = loop {
-        let entries = match listing(&requests, JSON_SUFFIX) {
-            Ok(e) => e,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                make_dirs(queue_dir(o))?;
-                Vec::new()
-            }
-            Err(e) => return Err(e),
-        };
+        let entries = listing(&q.requests, JSON_SUFFIX)?;
         if !entries.is_empty() || Instant::now() >= deadline {
             break entries;
         }
         std::thread::sleep(HELPER_POLL);
     };
-    emit(&requests, entries, JSON_SUFFIX, true, o, out)
+    emit(&q, entries, JSON_SUFFIX, true, o, out)
 }
 
-fn make_dirs(q: &Path) -> io::Result<()> {
-    for sub in ["requests", "responses", "logs"] {
-        fs::create_dir_all(q.join(sub))?;
+/// Writes `bytes` to `name` in `dir` atomically: a fresh temp name created with `O_EXCL`
+/// (a symlink planted there makes it fail), then renamed.
+fn publish(dir: &OwnedFd, tmp: &str, name: &str, bytes: &[u8]) -> io::Result<()> {
+    let _ = rfs::unlinkat(dir, tmp, AtFlags::empty());
+    let fd = rfs::openat(
+        dir,
+        tmp,
+        OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::from_raw_mode(0o666),
+    )?;
+    let written = fs::File::from(fd).write_all(bytes);
+    let result = written.and_then(|()| Ok(rfs::renameat(dir, tmp, dir, name)?));
+    if result.is_err() {
+        let _ = rfs::unlinkat(dir, tmp, AtFlags::empty());
     }
-    Ok(())
-}
-
-/// Writes `bytes` to `path` atomically: a fresh temp name created with `O_EXCL`, then rename.
-fn publish(tmp: &Path, path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let _ = fs::remove_file(tmp);
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(tmp)?;
-    f.write_all(bytes)?;
-    drop(f);
-    fs::rename(tmp, path)
+    result
 }
 
 fn start(o: &Opts, out: &mut impl Write) -> io::Result<()> {
-    let q = queue_dir(o);
-    make_dirs(q)?;
+    let q = Queue::open(queue_dir(o), true)?;
     if let Some(json) = &o.announce {
-        publish(
-            &q.join("relay.json.tmp"),
-            &q.join("relay.json"),
-            json.as_bytes(),
-        )?;
+        publish(&q.root, "relay.json.tmp", "relay.json", json.as_bytes())?;
     }
-    let requests = q.join("requests");
-    let responses = q.join("responses");
     let mut entries = Vec::new();
-    for (id, size) in listing(&requests, CLAIMED_SUFFIX)? {
-        if responses
-            .join(format!("{id}{JSON_SUFFIX}"))
-            .symlink_metadata()
-            .is_ok()
-        {
-            let _ = fs::remove_file(requests.join(format!("{id}{CLAIMED_SUFFIX}")));
+    for id in listing(&q.requests, CLAIMED_SUFFIX)? {
+        if exists(&q.responses, &format!("{id}{JSON_SUFFIX}")) {
+            let _ = rfs::unlinkat(
+                &q.requests,
+                format!("{id}{CLAIMED_SUFFIX}"),
+                AtFlags::empty(),
+            );
         } else {
-            entries.push((id, size));
+            entries.push(id);
         }
     }
-    emit(&requests, entries, CLAIMED_SUFFIX, false, o, out)
+    emit(&q, entries, CLAIMED_SUFFIX, false, o, out)
 }
 
 /// Publishes the responses framed on stdin (`<id> <len>\n<bytes>\n`, each at most the envelope
 /// limit): each only while its `.claimed` file exists and no response does; then removes the
 /// claims of the published ones. A malformed frame ends the input.
 fn put(o: &Opts, input: &mut impl BufRead, out: &mut impl Write) -> io::Result<()> {
-    let q = queue_dir(o);
-    let requests = q.join("requests");
-    let responses = q.join("responses");
-    fs::create_dir_all(&responses)?;
+    let q = Queue::open(queue_dir(o), false)?;
     let mut done = Vec::new();
     let mut header = String::new();
     loop {
@@ -293,39 +377,42 @@ fn put(o: &Opts, input: &mut impl BufRead, out: &mut impl Write) -> io::Result<(
         let mut body = Vec::new();
         input.take(len + 1).read_to_end(&mut body)?;
         body.truncate(len as usize);
-        let claimed = requests.join(format!("{id}{CLAIMED_SUFFIX}"));
-        let target = responses.join(format!("{id}{JSON_SUFFIX}"));
-        let tmp = responses.join(format!("{id}.json.tmp"));
-        let writable = |claimed: &Path, target: &Path| {
-            claimed.symlink_metadata().is_ok() && target.symlink_metadata().is_err()
-        };
-        if !writable(&claimed, &target) {
-            if target.symlink_metadata().is_ok() {
+        let claimed = format!("{id}{CLAIMED_SUFFIX}");
+        let target = format!("{id}{JSON_SUFFIX}");
+        let tmp = format!("{id}{TMP_SUFFIX}");
+        let writable = || exists(&q.requests, &claimed) && !exists(&q.responses, &target);
+        if !writable() {
+            if exists(&q.responses, &target) {
                 done.push(claimed);
             }
             writeln!(out, ":S {id}")?;
             continue;
         }
         body.push(b'\n');
-        let _ = fs::remove_file(&tmp);
-        let written = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&tmp)
-            .and_then(|mut f| f.write_all(&body));
+        let _ = rfs::unlinkat(&q.responses, &tmp, AtFlags::empty());
+        let created = rfs::openat(
+            &q.responses,
+            &tmp,
+            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o666),
+        );
+        let written = match created {
+            Ok(fd) => fs::File::from(fd).write_all(&body),
+            Err(e) => Err(e.into()),
+        };
         if written.is_err() {
-            let _ = fs::remove_file(&tmp);
+            let _ = rfs::unlinkat(&q.responses, &tmp, AtFlags::empty());
             writeln!(out, ":X {id}")?;
-        } else if writable(&claimed, &target) && fs::rename(&tmp, &target).is_ok() {
+        } else if writable() && rfs::renameat(&q.responses, &tmp, &q.responses, &target).is_ok() {
             done.push(claimed);
             writeln!(out, ":W {id}")?;
         } else {
-            let _ = fs::remove_file(&tmp);
+            let _ = rfs::unlinkat(&q.responses, &tmp, AtFlags::empty());
             writeln!(out, ":S {id}")?;
         }
     }
     for claimed in done {
-        let _ = fs::remove_file(claimed);
+        let _ = rfs::unlinkat(&q.requests, claimed, AtFlags::empty());
     }
     writeln!(out, ":D")
 }
@@ -350,7 +437,7 @@ mod tests {
     #[test]
     fn take_claims_regular_files_and_skips_the_rest() {
         let d = tempfile::tempdir().unwrap();
-        make_dirs(d.path()).unwrap();
+        Queue::open(d.path(), true).unwrap();
         let r = d.path().join("requests");
         fs::write(r.join("a.json"), b"{}").unwrap();
         fs::write(r.join("bad name.json"), b"{}").unwrap();
@@ -375,7 +462,7 @@ mod tests {
     #[test]
     fn put_writes_only_for_claimed_requests() {
         let d = tempfile::tempdir().unwrap();
-        make_dirs(d.path()).unwrap();
+        Queue::open(d.path(), true).unwrap();
         let r = d.path().join("requests");
         fs::write(r.join("a.json.claimed"), b"{}").unwrap();
         let input = crate::transport::queue::scripts::put_helper_stdin(&[

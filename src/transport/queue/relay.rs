@@ -69,6 +69,10 @@ pub const STARTUP_ATTEMPTS: u32 = 5;
 /// A take that returns empty-handed well before its wait ended saw files it could not take
 /// (unwritable directory, files vanishing): pause this long instead of spinning commands.
 pub const EARLY_EMPTY_PAUSE: Duration = Duration::from_secs(1);
+/// Longest pause a take may make once it has begun printing (its listing): reading a claimed
+/// file never pauses that long unless the read blocks (a FIFO swapped in after the `sh` check,
+/// see docs/queue-transport.md); the command is then killed and its claims recovered.
+pub const TAKE_STALL: Duration = Duration::from_secs(5);
 /// Largest put output: a marker line per response.
 const PUT_STDOUT_CAP: usize = 64 * 1024;
 
@@ -245,7 +249,7 @@ fn take_stdout_cap(core: &Core) -> usize {
 }
 
 /// The start-up command: directories, `relay.json`, and claims left by a previous relay.
-async fn start_up(core: &Arc<Core>) -> Result<TakeOutput, TransportError> {
+async fn start_up(core: &Arc<Core>) -> Result<TakeBatch, TransportError> {
     let mut delay = BACKOFF_START;
     let mut last_error = None;
     for attempt in 1..=STARTUP_ATTEMPTS {
@@ -255,15 +259,14 @@ async fn start_up(core: &Arc<Core>) -> Result<TakeOutput, TransportError> {
             Some(&core.announcement),
             &take_params(core, Duration::ZERO),
         );
-        match core.runner.run(script, None, take_stdout_cap(core)).await {
-            Ok(out) => {
-                let parsed = scripts::parse_take(&out.stdout);
-                if out.success && parsed.complete {
-                    return Ok(parsed);
+        match run_take(core.clone(), script, true).await {
+            (Ok(out), batch) => {
+                if out.success && batch.summary.complete {
+                    return Ok(batch);
                 }
                 last_error = Some(CommandFailure::failed("start-up", &out));
             }
-            Err(e) => last_error = Some(CommandFailure::Exec(e)),
+            (Err(e), _) => last_error = Some(CommandFailure::Exec(e)),
         }
         if let Some(e) = &last_error {
             tracing::warn!(attempt, error = %e, "relay start-up failed");
@@ -281,6 +284,44 @@ async fn start_up(core: &Arc<Core>) -> Result<TakeOutput, TransportError> {
 
 /// A sandbox command running in its own task.
 type Command = JoinHandle<Result<Output, ExecError>>;
+/// A take (or recovery) command running in its own task, with the requests it yielded.
+type TakeCommand = JoinHandle<(Result<Output, ExecError>, TakeBatch)>;
+
+/// The requests a take (or recovery) command yielded, each read, checked and parsed as soon as
+/// its file was complete (`None`: nothing to answer), and what else its output said.
+struct TakeBatch {
+    jobs: Vec<(String, Option<FileRequest>)>,
+    summary: TakeOutput,
+}
+
+/// Runs a take (or recovery) command and reads its output as it arrives: each file becomes a
+/// request (or a refusal) as soon as it is complete, so the relay holds at most one raw file
+/// (at most the envelope) however much the sandbox prints; a file passing the envelope is
+/// refused at once and the command stopped.
+async fn run_take(
+    core: Arc<Core>,
+    script: String,
+    recovered: bool,
+) -> (Result<Output, ExecError>, TakeBatch) {
+    let mut jobs = Vec::new();
+    let mut parser = scripts::TakeParser::new(core.envelope, |item: Taken| {
+        let id = item.id().to_owned();
+        jobs.push((id, prepare(&core, item, recovered)));
+    });
+    let cap = take_stdout_cap(&core);
+    let result = core
+        .runner
+        .run_streaming(
+            script,
+            None,
+            cap,
+            Some(TAKE_STALL),
+            &mut |chunk: &[u8]| parser.feed(chunk),
+        )
+        .await;
+    let summary = parser.finish();
+    (result, TakeBatch { jobs, summary })
+}
 
 /// The relay's event loop: one take lane, one put lane, up to eight forwards.
 struct Loop {
@@ -295,7 +336,7 @@ struct Loop {
     forwarding: JoinSet<Ready>,
     ready: Vec<Ready>,
     /// The running take (or recovery) command, when it started, and whether it is a recovery.
-    take: Option<(Command, Instant, bool)>,
+    take: Option<(TakeCommand, Instant, bool)>,
     /// The running put command and the responses it carries.
     put: Option<(Command, Vec<Ready>)>,
     take_not_before: Instant,
@@ -335,21 +376,15 @@ impl Loop {
     }
 
     /// Handles the entries of a take (or recovery) output.
-    fn accept(&mut self, out: TakeOutput, recovered: bool) {
-        for item in out.items {
-            if !self.in_progress.insert(item.id().to_owned()) {
-                continue;
-            }
-            let id = item.id().to_owned();
-            match prepare(&self.core, item, recovered) {
-                Some(request) => self.backlog.push_back(Job { id, request }),
-                // Not ours to answer now; a recovery may find it again (a cut-off output).
-                None => {
-                    self.in_progress.remove(&id);
-                }
+    fn accept(&mut self, batch: TakeBatch, recovered: bool) {
+        for (id, request) in batch.jobs {
+            // Not ours to answer now (vanished; a recovery may find it again), or taken already.
+            let Some(request) = request else { continue };
+            if self.in_progress.insert(id.clone()) {
+                self.backlog.push_back(Job { id, request });
             }
         }
-        if recovered && out.more {
+        if recovered && batch.summary.more {
             self.recovery_needed = true;
         }
     }
@@ -413,7 +448,10 @@ impl Loop {
             self.start_put();
         }
 
-        let room = self.backlog.len() < MAX_BATCH_FILES;
+        // Requests are taken only once every taken one is being forwarded: what waits in the
+        // relay is then at most one take's batch beyond the forwards in flight, whatever the
+        // sandbox plants (memory: in-flight × body limit + one batch).
+        let room = self.backlog.is_empty();
         if self.take.is_none() && self.stopping.is_none() && room && now >= self.take_not_before {
             let core = self.core.clone();
             let announce = std::mem::take(&mut self.announce_needed);
@@ -428,8 +466,7 @@ impl Loop {
             } else {
                 scripts::take(&core.ops, &core.dir, &take_params(&core, IDLE_WAIT))
             };
-            let cap = take_stdout_cap(&core);
-            let handle = tokio::spawn(async move { core.runner.run(script, None, cap).await });
+            let handle = tokio::spawn(run_take(core, script, recovery));
             self.take = Some((handle, now, recovery));
         }
     }
@@ -499,23 +536,21 @@ impl Loop {
     fn take_done(
         &mut self,
         result: Result<Output, ExecError>,
+        batch: TakeBatch,
         started: Instant,
         recovery: bool,
     ) -> Result<(), TransportError> {
         let what = if recovery { "recovery" } else { "take" };
-        let (out, error) = match result {
-            Ok(out) => {
-                let parsed = scripts::parse_take(&out.stdout);
-                let error =
-                    (!out.success || !parsed.complete).then(|| CommandFailure::failed(what, &out));
-                (parsed, error)
-            }
-            Err(e) => (TakeOutput::default(), Some(CommandFailure::Exec(e))),
+        let error = match result {
+            Ok(out) if out.stopped => Some(CommandFailure::Stopped { what }),
+            Ok(out) => (!out.success || !batch.summary.complete)
+                .then(|| CommandFailure::failed(what, &out)),
+            Err(e) => Some(CommandFailure::Exec(e)),
         };
-        let empty = out.items.is_empty();
-        let complete = out.complete;
-        let announcement = out.announcement;
-        self.accept(out, recovery);
+        let empty = batch.jobs.is_empty();
+        let complete = batch.summary.complete;
+        let announcement = batch.summary.announcement;
+        self.accept(batch, recovery);
         match announcement {
             Some(Announcement::Other) => return Err(TransportError::AnotherRelay),
             Some(Announcement::Missing) => {
@@ -610,8 +645,11 @@ impl Loop {
             tokio::select! {
                 r = async { (&mut self.take.as_mut().expect("take").0).await }, if self.take.is_some() => {
                     let (_, started, recovery) = self.take.take().expect("take");
-                    let r = r.unwrap_or_else(|e| Err(ExecError::Io(std::io::Error::other(e))));
-                    self.take_done(r, started, recovery)?;
+                    let (r, batch) = r.unwrap_or_else(|e| {
+                        let batch = TakeBatch { jobs: Vec::new(), summary: TakeOutput::default() };
+                        (Err(ExecError::Io(std::io::Error::other(e))), batch)
+                    });
+                    self.take_done(r, batch, started, recovery)?;
                 }
                 r = async { (&mut self.put.as_mut().expect("put").0).await }, if self.put.is_some() => {
                     let (_, batch) = self.put.take().expect("put");

@@ -80,39 +80,137 @@ pub struct TakeParams {
     pub relay: Option<String>,
 }
 
-/// Environment hygiene shared by every script: a fixed `ls -l` format, no noclobber surprises.
+/// Environment hygiene shared by every script: a fixed `ls -l` format, no noclobber surprises,
+/// no pathname expansion of the `ls` output the scripts split into words.
 const SH_PRELUDE: &str =
     "LC_ALL=C; export LC_ALL; unset TIME_STYLE BLOCK_SIZE LS_BLOCK_SIZE 2>/dev/null\n";
 
-/// The loop that claims (or, for recovery, re-reads) listed files: reads `ls -lntr` output,
-/// keeps regular files named `<valid id><suffix>`, and either claims each by rename (`claim`)
-/// or, for recovery, skips (and removes) claims that already have a response.
+/// The queue directory as (parent, last component): the parent is the host's choice and is
+/// entered as is; the last component and everything below it are the sandbox's and are entered
+/// only through [`SH_ENTER`]'s check. A path without a last component (`/`, `..`) is entered
+/// as a whole.
+fn split_dir(dir: &str) -> (String, Option<String>) {
+    let trimmed = dir.trim_end_matches('/');
+    let path = std::path::Path::new(trimmed);
+    match (path.parent(), path.file_name().and_then(|n| n.to_str())) {
+        (Some(parent), Some(name)) if name != ".." && name != "." => {
+            let parent = parent.to_str().unwrap_or(".");
+            let parent = if parent.is_empty() { "." } else { parent };
+            (parent.to_owned(), Some(name.to_owned()))
+        }
+        _ => (dir.to_owned(), None),
+    }
+}
+
+/// Shell functions that enter a queue directory without following a symlink the sandbox
+/// planted. `enter NAME` changes into the subdirectory NAME of the current (checked) directory
+/// and then checks what it entered, not what the name pointed to a moment earlier: the inode of
+/// `.` must be the one `../NAME` names now without following it (`ls -d` does not follow its
+/// operands), and `..` must be the directory it came from. A symlink (or a swap of one) fails
+/// both ways: `.` is then the link's target, whose inode is not the link's, and whose parent is
+/// not ours. `up` returns to the queue root and checks it the same way. Failing either ends the
+/// command (`exit 3`) with the reason on stderr.
+const SH_ENTER: &str = r#"set -f
+ino() { set -- $(ls -di . 2>/dev/null); here=$1; [ -n "$here" ]; }
+enter() {
+  [ -d "$1" ] && [ ! -h "$1" ] && cd -P -- "$1" 2>/dev/null || return 1
+  set -- $(ls -di . .. "../$1" 2>/dev/null)
+  [ -n "$5" ] && [ "$1" = "$5" ] && [ "$3" = "$here" ] || return 1
+  here=$1
+}
+refuse() { echo "callback-bridge: queue directory $1 is a symbolic link or not a directory; refusing to use it" >&2; echo ':X refused'; exit 3; }
+up() { cd -P .. 2>/dev/null && ino && [ "$here" = "$root" ] || refuse '(its root moved)'; }
+"#;
+
+/// Enters the queue root (creating it when `create`), leaving `$root` set to its inode.
+fn enter_root(s: &mut String, dir: &str, create: bool) {
+    s.push_str(SH_ENTER);
+    let (parent, name) = split_dir(dir);
+    let _ = writeln!(
+        s,
+        "cd -P -- {} 2>/dev/null && ino || {{ echo ':X no queue directory'; exit 3; }}",
+        sh_quote(&parent)
+    );
+    if let Some(name) = name {
+        let n = sh_quote(&name);
+        if create {
+            let _ = writeln!(
+                s,
+                "[ -e {n} ] || [ -h {n} ] || mkdir -- {n} 2>/dev/null; enter {n} || refuse {n}"
+            );
+        } else {
+            let _ = writeln!(s, "enter {n} || refuse {n}");
+        }
+    }
+    s.push_str("root=$here\n");
+}
+
+/// Enters subdirectory `sub` of the (checked) queue root, creating the three subdirectories
+/// when it is missing and `create`.
+fn enter_sub(s: &mut String, sub: &str, create: bool) {
+    if create {
+        let _ = writeln!(
+            s,
+            "enter {sub} || {{ mkdir -p requests responses logs 2>/dev/null; enter {sub}; }} || refuse {sub}"
+        );
+    } else {
+        let _ = writeln!(s, "enter {sub} || refuse {sub}");
+    }
+}
+
+/// Prints one claimed (or, for recovery, listed) file `$2` of id `$1`: checked on the opened
+/// descriptor. Its type and size come from `ls -lni` of the name itself (after the claim, so
+/// the size is the claimed file's own); it is opened as fd 4 and `/dev/fd/4` (what was opened,
+/// followed by `ls -L`) must be a regular file with the same inode, so a symlink, a FIFO or a
+/// device swapped in is never read. Without `/dev/fd` the name is checked again after the open
+/// (a narrower race; see docs/queue-transport.md).
+fn sh_read_fn(envelope: u64) -> String {
+    format!(
+        r#"if [ -e /dev/fd/0 ]; then fdl=/dev/fd/4; else fdl=''; fi
+rd() {{
+  set -- "$1" "$2" $(ls -lni -- "$2" 2>/dev/null)
+  case $4 in -*) ;; *) echo ":F $1"; echo ':E 1'; return ;; esac
+  case $8 in ''|*[!0-9]*) echo ":F $1"; echo ':E 1'; return ;; esac
+  if [ ${{#8}} -gt 15 ] || [ "$8" -gt {envelope} ]; then echo ":B $1 $8"; return; fi
+  b=$((b + $8))
+  echo ":F $1"
+  {{
+    if [ -n "$fdl" ]; then set -- "$1" "$3" $(ls -lnLi "$fdl" 2>/dev/null); else set -- "$1" "$3" $(ls -lni -- "$2" 2>/dev/null); fi
+    case $4 in -*) ;; *) set -- "$1" "$2" x ;; esac
+    if [ -n "$3" ] && [ "$3" = "$2" ]; then base64 <&4; echo ":E $?"; else echo ':E 1'; fi
+  }} 4< "$2" 2>/dev/null || echo ':E 1'
+}}
+"#
+    )
+}
+
+/// The loop that claims (or, for recovery, re-reads) listed files: reads `ls -tr` output (one
+/// name per line, read whole: `IFS=` keeps blanks, so `" a.json"` is not `a.json`), keeps names
+/// `<valid id><suffix>` (exactly [`valid_id`]), and either claims each by rename (`claim`) or,
+/// for recovery, skips (and removes) claims that already have a response.
 fn listing_loop(params: &TakeParams, suffix: &str, claim: bool) -> String {
     let mut s = String::new();
     let _ = write!(
         s,
-        r#"  t=0; b=0
-  while read -r m l o g s x y z name; do
-    case $m in -*) ;; *) continue ;; esac
+        r#"  echo ':L'
+  t=0; b=0
+  while IFS= read -r name; do
     case $name in *{suffix}) ;; *) continue ;; esac
     id=${{name%{suffix}}}
     case $id in ''|*[!A-Za-z0-9_-]*) continue ;; esac
-    [ ${{#id}} -le 128 ] || continue
-    case $s in ''|*[!0-9]*) continue ;; esac
-    if [ "$t" -ge {max_files} ]; then echo ':M'; break; fi
-    big=0
-    if [ ${{#s}} -gt 15 ] || [ "$s" -gt {envelope} ]; then big=1; fi
-    if [ "$big" = 0 ] && [ "$t" -gt 0 ] && [ $((b + s)) -gt {max_bytes} ]; then echo ':M'; break; fi
+    [ ${{#id}} -le {max_id} ] || continue
+    [ -f "$name" ] && [ ! -h "$name" ] || continue
+    if [ "$t" -ge {max_files} ] || [ "$b" -gt {max_bytes} ]; then echo ':M'; break; fi
 "#,
         max_files = params.max_files,
-        envelope = params.envelope,
         max_bytes = params.max_bytes,
+        max_id = super::file::MAX_ID_LEN,
     );
     if claim {
         if let Some(relay) = &params.relay {
             let _ = write!(
                 s,
-                r#"    cur=''; IFS= read -r cur < ../relay.json 2>/dev/null
+                r#"    cur=''; if [ -f ../relay.json ] && [ ! -h ../relay.json ]; then IFS= read -r cur < ../relay.json 2>/dev/null; fi
     if [ "$cur" != {relay} ]; then if [ -z "$cur" ]; then echo ':R missing'; else echo ':R other'; fi; break; fi
 "#,
                 relay = sh_quote(relay)
@@ -121,16 +219,12 @@ fn listing_loop(params: &TakeParams, suffix: &str, claim: bool) -> String {
         s.push_str("    mv -f -- \"$name\" \"$name.claimed\" 2>/dev/null || continue\n    f=\"$name.claimed\"\n");
     } else {
         s.push_str(
-            "    if [ -e \"../responses/$id.json\" ]; then rm -f -- \"$name\"; continue; fi\n    f=\"$name\"\n",
+            "    if [ -e \"../responses/$id.json\" ] || [ -h \"../responses/$id.json\" ]; then rm -f -- \"$name\"; continue; fi\n    f=\"$name\"\n",
         );
     }
     s.push_str(
         r#"    t=$((t + 1))
-    if [ "$big" = 1 ]; then echo ":B $id $s"; continue; fi
-    b=$((b + s))
-    echo ":F $id"
-    base64 < "$f"
-    echo ":E $?"
+    rd "$id" "$f"
   done
   echo ':D'
 "#,
@@ -159,24 +253,29 @@ pub fn take(ops: &Ops, dir: &str, p: &TakeParams) -> String {
     let polls = p.wait_ms / SH_POLL_MS;
     let mut s = String::from("# callback-bridge queue take\n");
     s.push_str(SH_PRELUDE);
+    enter_root(&mut s, dir, true);
+    enter_sub(&mut s, "requests", true);
+    s.push_str(&sh_read_fn(p.envelope));
     let _ = write!(
         s,
-        r#"q={q}
-cd "$q/requests" 2>/dev/null || {{ mkdir -p "$q/requests" "$q/responses" "$q/logs" && cd "$q/requests"; }} || {{ echo ':X no queue directory'; exit 3; }}
-n={polls}; w=0
+        r#"n={polls}; w=0
 while :; do
+  set +f
   for f in *.json; do
-    case ${{f%.json}} in ''|*[!A-Za-z0-9_-]*) continue ;; esac
-    if [ -f "$f" ] && [ ! -h "$f" ]; then break 2; fi
+    id=${{f%.json}}
+    case $id in ''|*[!A-Za-z0-9_-]*) continue ;; esac
+    [ ${{#id}} -le {max_id} ] || continue
+    if [ -f "$f" ] && [ ! -h "$f" ]; then set -f; break 2; fi
   done
+  set -f
   if [ "$n" -le 0 ]; then echo ':D'; exit 0; fi
   if [ "$w" = 0 ] && sleep 0.0{poll:02} 2>/dev/null; then n=$((n - 1)); else w=1; sleep 1; n=$((n - {per_second})); fi
 done
-ls -lntr 2>/dev/null | {{
+ls -tr 2>/dev/null | {{
 "#,
-        q = sh_quote(dir),
         poll = SH_POLL_MS,
         per_second = 1000 / SH_POLL_MS,
+        max_id = super::file::MAX_ID_LEN,
     );
     s.push_str(&listing_loop(p, ".json", true));
     s.push_str("}\n");
@@ -202,10 +301,10 @@ pub fn start(ops: &Ops, dir: &str, announce: Option<&str>, p: &TakeParams) -> St
     }
     let mut s = String::from("# callback-bridge queue start\n");
     s.push_str(SH_PRELUDE);
-    let _ = writeln!(s, "q={}", sh_quote(dir));
-    s.push_str(
-        "mkdir -p \"$q/requests\" \"$q/responses\" \"$q/logs\" || exit 3\ncd \"$q\" || exit 3\n",
-    );
+    enter_root(&mut s, dir, true);
+    s.push_str("mkdir -p requests responses logs 2>/dev/null\n");
+    // Each subdirectory must be a plain directory: checked by entering it.
+    s.push_str("enter responses || refuse responses; up\nenter logs || refuse logs; up\n");
     if let Some(json) = announce {
         let _ = writeln!(
             s,
@@ -213,7 +312,9 @@ pub fn start(ops: &Ops, dir: &str, announce: Option<&str>, p: &TakeParams) -> St
             sh_quote(json)
         );
     }
-    s.push_str("cd requests || exit 3\nls -lntr 2>/dev/null | {\n");
+    enter_sub(&mut s, "requests", false);
+    s.push_str(&sh_read_fn(p.envelope));
+    s.push_str("ls -tr 2>/dev/null | {\n");
     s.push_str(&listing_loop(p, ".json.claimed", false));
     s.push_str("}\n");
     s
@@ -228,59 +329,76 @@ pub const INLINE_SCRIPT_BUDGET: usize = 96 * 1024;
 /// Publishes responses: `inline` ones travel in the script; `stdin` (id, length), if any, is read
 /// from the command's stdin and published only if all its bytes arrived (an exec channel without
 /// stdin, e.g. `docker exec` without `-i`, must not publish an empty answer). Each is written
-/// only while `requests/<id>.json.claimed` exists and no response exists; then the `.claimed`
-/// files are removed.
+/// only if `requests/<id>.json.claimed` existed when the command looked and no response exists;
+/// then the `.claimed` files are removed. Every directory is entered with [`SH_ENTER`]'s check
+/// and every file is named relative to it, so no planted symlink is written through.
 pub fn put_sh(dir: &str, inline: &[(&str, &[u8])], stdin: Option<(&str, usize)>) -> String {
     let mut s = String::from("# callback-bridge queue put\n");
-    let _ = write!(
-        s,
-        r#"q={q}
-cd "$q" 2>/dev/null || {{ echo ':X no queue directory'; exit 3; }}
-[ -d responses ] || mkdir -p responses || exit 3
-set -C
+    s.push_str(SH_PRELUDE);
+    enter_root(&mut s, dir, false);
+    s.push_str("mkdir -p responses 2>/dev/null\n");
+    enter_sub(&mut s, "requests", false);
+    // The claims that exist now: answers are written only for these.
+    s.push_str("c=' '\n");
+    let ids: Vec<&str> = stdin
+        .iter()
+        .map(|(id, _)| *id)
+        .chain(inline.iter().map(|(id, _)| *id))
+        .collect();
+    for id in &ids {
+        debug_assert!(valid_id(id));
+        let _ = writeln!(
+            s,
+            "if [ -f {id}.json.claimed ] && [ ! -h {id}.json.claimed ]; then c=\"${{c}}{id} \"; fi"
+        );
+    }
+    s.push_str("up\n");
+    enter_sub(&mut s, "responses", false);
+    s.push_str(
+        r#"set -C
 d=''
-ok() {{
-  [ -e "requests/$1.json.claimed" ] && [ ! -e "responses/$1.json" ] && [ ! -h "responses/$1.json" ]
-}}
-pub() {{
-  if ok "$1" && mv -f -- "responses/$1.json.tmp" "responses/$1.json"; then
-    d="$d requests/$1.json.claimed"; echo ":W $1"
+ok() {
+  case $c in *" $1 "*) ;; *) return 1 ;; esac
+  [ ! -e "$1.json" ] && [ ! -h "$1.json" ]
+}
+pub() {
+  if ok "$1" && mv -f -- "$1.json.tmp" "$1.json"; then
+    d="$d $1.json.claimed"; echo ":W $1"
   else
-    rm -f -- "responses/$1.json.tmp"
-    if [ -e "responses/$1.json" ]; then d="$d requests/$1.json.claimed"; fi
+    rm -f -- "$1.json.tmp"
+    if [ -e "$1.json" ]; then d="$d $1.json.claimed"; fi
     echo ":S $1"
   fi
-}}
-w() {{
+}
+w() {
   if ok "$1"; then
-    rm -f -- "responses/$1.json.tmp"
-    if printf '%s\n' "$2" > "responses/$1.json.tmp"; then pub "$1"; else rm -f -- "responses/$1.json.tmp"; echo ":X $1"; fi
+    rm -f -- "$1.json.tmp"
+    if printf '%s\n' "$2" > "$1.json.tmp"; then pub "$1"; else rm -f -- "$1.json.tmp"; echo ":X $1"; fi
   else
-    if [ -e "responses/$1.json" ]; then d="$d requests/$1.json.claimed"; fi
+    if [ -e "$1.json" ]; then d="$d $1.json.claimed"; fi
     echo ":S $1"
   fi
-}}
+}
 "#,
-        q = sh_quote(dir)
     );
     if let Some((id, len)) = stdin {
-        debug_assert!(valid_id(id));
         let _ = write!(
             s,
-            r#"rm -f -- "responses/{id}.json.tmp"
-if cat > "responses/{id}.json.tmp" && set -- $(ls -ln "responses/{id}.json.tmp") && [ "$5" = {len} ]; then pub {id}; else rm -f -- "responses/{id}.json.tmp"; echo ":X {id}"; fi
+            r#"rm -f -- "{id}.json.tmp"
+if cat > "{id}.json.tmp" && set -- $(ls -ln "{id}.json.tmp") && [ "$5" = {len} ]; then pub {id}; else rm -f -- "{id}.json.tmp"; echo ":X {id}"; fi
 "#
         );
     }
     for (id, json) in inline {
-        debug_assert!(valid_id(id));
         // Response JSON is compact (no raw newlines) and UTF-8; the trailing newline is added
         // by printf, as Paperclip writes it.
         let text = String::from_utf8_lossy(json);
         let text = text.trim_end_matches('\n');
         let _ = writeln!(s, "w {id} {}", sh_quote(text));
     }
-    s.push_str("[ -z \"$d\" ] || rm -f $d\necho ':D'\n");
+    s.push_str(
+        "if [ -n \"$d\" ]; then up; enter requests || refuse requests; rm -f $d; fi\necho ':D'\n",
+    );
     s
 }
 
@@ -344,68 +462,253 @@ pub enum Announcement {
     Other,
 }
 
-/// Parses take/recovery output. Unknown lines are ignored; an entry without its `:E 0` is
-/// reported as unreadable.
-pub fn parse_take(out: &[u8]) -> TakeOutput {
-    let mut result = TakeOutput::default();
-    let mut current: Option<(String, Vec<u8>)> = None;
-    let engine = &base64::engine::general_purpose::STANDARD;
-    for line in out.split(|&b| b == b'\n') {
+/// Longest marker line (`:F <id>`, `:B <id> <size>`, …) the parser keeps; a longer one is no
+/// marker of ours and is dropped, so a hostile stdout cannot grow a line buffer without bound.
+const MARKER_LINE_MAX: usize = 512;
+/// Base64 characters collected before they are decoded: keeps the undecoded text of a file
+/// small whatever its size (the helper prints a file as one line).
+const DECODE_CHUNK: usize = 64 * 1024;
+
+/// Whether the command's output should still be read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flow {
+    Continue,
+    /// A file grew beyond the envelope or its base64 broke: the command is stopped; its entry
+    /// has been reported (too large / unreadable) and the rest of its output is not needed.
+    Stop,
+}
+
+/// The file being received between `:F <id>` and `:E <status>`.
+struct Receiving {
+    id: String,
+    /// Base64 characters not decoded yet (fewer than [`DECODE_CHUNK`] + one line's worth).
+    pending: Vec<u8>,
+    /// Decoded bytes, at most the envelope.
+    bytes: Vec<u8>,
+    /// A padded group was decoded: nothing may follow.
+    ended: bool,
+}
+
+/// What kind of line the parser is in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LineKind {
+    Start,
+    Marker,
+    Content,
+    Ignored,
+}
+
+/// Parses take/recovery output incrementally, as the command prints it: each entry is handed to
+/// `on_item` as soon as it is complete, and a file's bytes are decoded as they arrive, so the
+/// parser holds at most one file (at most `envelope` bytes) whatever the command prints. A file
+/// whose decoded bytes pass the envelope is reported as [`Taken::TooLarge`] at once and the
+/// parser asks for the command to be stopped. Unknown lines are ignored; an entry without its
+/// `:E 0` is reported as unreadable; an id is reported at most once.
+pub struct TakeParser<F: FnMut(Taken)> {
+    envelope: u64,
+    on_item: F,
+    kind: LineKind,
+    marker: Vec<u8>,
+    current: Option<Receiving>,
+    seen: std::collections::HashSet<String>,
+    stopped: bool,
+    /// What the output said besides its entries (`items` stays empty here).
+    pub summary: TakeOutput,
+}
+
+impl<F: FnMut(Taken)> TakeParser<F> {
+    pub fn new(envelope: u64, on_item: F) -> Self {
+        TakeParser {
+            envelope,
+            on_item,
+            kind: LineKind::Start,
+            marker: Vec::new(),
+            current: None,
+            seen: std::collections::HashSet::new(),
+            stopped: false,
+            summary: TakeOutput::default(),
+        }
+    }
+
+    fn emit(&mut self, item: Taken) {
+        if self.seen.insert(item.id().to_owned()) {
+            (self.on_item)(item);
+        }
+    }
+
+    /// Feeds the next bytes of the output.
+    pub fn feed(&mut self, mut chunk: &[u8]) -> Flow {
+        while !chunk.is_empty() && !self.stopped {
+            let (segment, newline) = match chunk.iter().position(|&b| b == b'\n') {
+                Some(i) => (&chunk[..i], true),
+                None => (chunk, false),
+            };
+            chunk = &chunk[segment.len() + usize::from(newline)..];
+            if self.kind == LineKind::Start && !segment.is_empty() {
+                self.kind = if segment[0] == b':' {
+                    LineKind::Marker
+                } else if self.current.is_some() {
+                    LineKind::Content
+                } else {
+                    LineKind::Ignored
+                };
+            }
+            match self.kind {
+                LineKind::Marker => {
+                    if self.marker.len() + segment.len() <= MARKER_LINE_MAX {
+                        self.marker.extend_from_slice(segment);
+                    } else {
+                        self.marker.clear();
+                        self.kind = LineKind::Ignored;
+                    }
+                }
+                LineKind::Content => self.content(segment),
+                LineKind::Start | LineKind::Ignored => {}
+            }
+            if newline {
+                if self.kind == LineKind::Marker {
+                    let line = std::mem::take(&mut self.marker);
+                    self.marker_line(&line);
+                }
+                self.kind = LineKind::Start;
+            }
+        }
+        if self.stopped {
+            Flow::Stop
+        } else {
+            Flow::Continue
+        }
+    }
+
+    /// Ends the output: a last line without newline counts; an entry still open is unreadable.
+    pub fn finish(mut self) -> TakeOutput {
+        if self.kind == LineKind::Marker && !self.stopped {
+            let line = std::mem::take(&mut self.marker);
+            self.marker_line(&line);
+        }
+        if let Some(r) = self.current.take() {
+            self.emit(Taken::Unreadable { id: r.id });
+        }
+        self.summary
+    }
+
+    fn content(&mut self, segment: &[u8]) {
+        let Some(r) = self.current.as_mut() else {
+            return;
+        };
+        r.pending
+            .extend(segment.iter().filter(|b| !b.is_ascii_whitespace()));
+        if r.pending.len() >= DECODE_CHUNK {
+            self.decode(false);
+        }
+    }
+
+    /// Decodes the complete groups received so far (all of them when `last`); reports the file
+    /// and stops on broken base64 or once the envelope is passed.
+    fn decode(&mut self, last: bool) -> bool {
+        let Some(r) = self.current.as_mut() else {
+            return false;
+        };
+        let n = if last {
+            r.pending.len()
+        } else {
+            r.pending.len() / 4 * 4
+        };
+        if n == 0 {
+            return true;
+        }
+        let engine = &base64::engine::general_purpose::STANDARD;
+        let ok = !r.ended && engine.decode_vec(&r.pending[..n], &mut r.bytes).is_ok();
+        r.ended = r.pending[..n].ends_with(b"=");
+        r.pending.drain(..n);
+        let size = r.bytes.len() as u64;
+        if !ok || size > self.envelope {
+            let r = self.current.take().expect("receiving");
+            let item = if ok {
+                Taken::TooLarge { id: r.id, size }
+            } else {
+                Taken::Unreadable { id: r.id }
+            };
+            self.emit(item);
+            self.stopped = true;
+            return false;
+        }
+        true
+    }
+
+    fn marker_line(&mut self, line: &[u8]) {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
-        if let Some(rest) = line.strip_prefix(b":") {
-            let text = String::from_utf8_lossy(rest);
-            let mut words = text.split(' ');
-            let tag = words.next().unwrap_or("");
-            if tag == "E" {
-                if let Some((id, b64)) = current.take() {
-                    let ok = words.next() == Some("0");
-                    match (ok, engine.decode(&b64)) {
-                        (true, Ok(bytes)) => result.items.push(Taken::File { id, bytes }),
-                        _ => result.items.push(Taken::Unreadable { id }),
-                    }
+        let Some(rest) = line.strip_prefix(b":") else {
+            return;
+        };
+        let text = String::from_utf8_lossy(rest);
+        let mut words = text.split(' ');
+        let tag = words.next().unwrap_or("");
+        if tag == "E" {
+            if self.current.is_some() {
+                let ok = words.next() == Some("0");
+                if self.decode(true) {
+                    let r = self.current.take().expect("receiving");
+                    self.emit(if ok {
+                        Taken::File {
+                            id: r.id,
+                            bytes: r.bytes,
+                        }
+                    } else {
+                        Taken::Unreadable { id: r.id }
+                    });
                 }
-                continue;
             }
-            if let Some((id, _)) = current.take() {
-                result.items.push(Taken::Unreadable { id });
-            }
-            match tag {
-                "F" => {
-                    if let Some(id) = words.next().filter(|id| valid_id(id)) {
-                        current = Some((id.to_owned(), Vec::new()));
-                    }
-                }
-                "B" => {
-                    let id = words.next().filter(|id| valid_id(id));
-                    let size = words.next().and_then(|s| s.parse::<u64>().ok());
-                    if let Some(id) = id {
-                        result.items.push(Taken::TooLarge {
+            return;
+        }
+        if let Some(r) = self.current.take() {
+            self.emit(Taken::Unreadable { id: r.id });
+        }
+        match tag {
+            "F" => {
+                if let Some(id) = words.next().filter(|id| valid_id(id)) {
+                    if !self.seen.contains(id) {
+                        self.current = Some(Receiving {
                             id: id.to_owned(),
-                            size: size.unwrap_or(u64::MAX),
+                            pending: Vec::new(),
+                            bytes: Vec::new(),
+                            ended: false,
                         });
                     }
                 }
-                "M" => result.more = true,
-                "R" => {
-                    result.announcement = Some(if words.next() == Some("missing") {
-                        Announcement::Missing
-                    } else {
-                        Announcement::Other
-                    })
-                }
-                "D" => result.complete = true,
-                _ => {}
             }
-        } else if let Some((_, b64)) = current.as_mut() {
-            b64.extend(line.iter().filter(|b| !b.is_ascii_whitespace()));
+            "B" => {
+                let id = words.next().filter(|id| valid_id(id));
+                let size = words.next().and_then(|s| s.parse::<u64>().ok());
+                if let Some(id) = id {
+                    self.emit(Taken::TooLarge {
+                        id: id.to_owned(),
+                        size: size.unwrap_or(u64::MAX),
+                    });
+                }
+            }
+            "M" => self.summary.more = true,
+            "R" => {
+                self.summary.announcement = Some(if words.next() == Some("missing") {
+                    Announcement::Missing
+                } else {
+                    Announcement::Other
+                })
+            }
+            "D" => self.summary.complete = true,
+            _ => {}
         }
     }
-    if let Some((id, _)) = current {
-        result.items.push(Taken::Unreadable { id });
-    }
-    // One id appears at most once: a hostile stdout could repeat an entry.
-    let mut seen = std::collections::HashSet::new();
-    result.items.retain(|t| seen.insert(t.id().to_owned()));
+}
+
+/// Parses a whole take/recovery output at once (see [`TakeParser`]; no envelope bound).
+#[cfg(test)]
+pub fn parse_take(out: &[u8]) -> TakeOutput {
+    let mut items = Vec::new();
+    let mut parser = TakeParser::new(u64::MAX, |item| items.push(item));
+    parser.feed(out);
+    let mut result = parser.finish();
+    result.items = items;
     result
 }
 
@@ -493,6 +796,72 @@ mod tests {
             }]
         );
         assert!(!parsed.complete);
+    }
+
+    fn parse_with(envelope: u64, chunks: &[&[u8]]) -> (Vec<Taken>, TakeOutput, Vec<Flow>) {
+        let mut items = Vec::new();
+        let mut parser = TakeParser::new(envelope, |i| items.push(i));
+        let flows: Vec<Flow> = chunks.iter().map(|c| parser.feed(c)).collect();
+        let summary = parser.finish();
+        (items, summary, flows)
+    }
+
+    #[test]
+    fn take_output_parses_the_same_whatever_the_chunking() {
+        let out: &[u8] = b":F a\nAAEC\nAw==\n:E 0\n:B big 9\n:F b\nAA==\n:E 0\n:D\n";
+        let whole = parse_take(out);
+        let bytes: Vec<&[u8]> = out.chunks(1).collect();
+        let (items, summary, _) = parse_with(u64::MAX, &bytes);
+        assert_eq!(items, whole.items);
+        assert!(summary.complete && whole.complete);
+    }
+
+    #[test]
+    fn a_file_beyond_the_envelope_is_refused_as_soon_as_it_passes_it() {
+        // 9 bytes decoded, the envelope is 6: refused, and nothing after it is read.
+        let (items, summary, flows) =
+            parse_with(6, &[b":F a\nAAAAAAAAAAAA\n", b":E 0\n:D\n", b":F b\n"]);
+        assert_eq!(
+            items,
+            vec![Taken::TooLarge {
+                id: "a".into(),
+                size: 9
+            }]
+        );
+        assert_eq!(flows[1], Flow::Stop);
+        assert!(!summary.complete);
+        // An endless line (the helper prints a file as one line) is cut at the envelope too.
+        let mut parser = TakeParser::new(1 << 20, |_| {});
+        parser.feed(b":F a\n");
+        let line = vec![b'A'; 64 * 1024];
+        let fed = (0..100)
+            .take_while(|_| parser.feed(&line) == Flow::Continue)
+            .count();
+        assert!(
+            fed < 30,
+            "stopped after about 1 MiB decoded, not {fed} chunks"
+        );
+    }
+
+    #[test]
+    fn broken_base64_or_data_after_padding_is_unreadable() {
+        for out in [
+            &b":F a\nAA=A\n:E 0\n"[..],
+            b":F a\nAA==\nAAAA\n:E 0\n",
+            b":F a\nAAA\n:E 0\n",
+        ] {
+            let (items, _, _) = parse_with(100, &[out]);
+            assert_eq!(items, vec![Taken::Unreadable { id: "a".into() }], "{out:?}");
+        }
+    }
+
+    #[test]
+    fn overlong_marker_lines_are_ignored() {
+        let mut out = b":B ".to_vec();
+        out.extend(vec![b'a'; 1000]);
+        out.extend_from_slice(b" 5\n:D\n");
+        let (items, summary, _) = parse_with(100, &[&out]);
+        assert!(items.is_empty() && summary.complete);
     }
 
     fn sh(script: &str, stdin: &[u8]) -> Vec<u8> {
