@@ -172,6 +172,11 @@ export class BridgeExitedError extends BridgeError {
   /** The last ~20 stderr lines (never contain secrets, by the bridge's contract). */
   readonly stderrTail: string[];
   readonly pid: number;
+  /**
+   * The exit-summary line, when the child printed one instead of its readiness line (a relay
+   * whose gateway command failed before READY); otherwise `null`.
+   */
+  readonly summary: ExitSummary | null;
 }
 
 /** The first stdout line was not a readiness line; the child was killed with SIGKILL. */

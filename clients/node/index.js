@@ -56,9 +56,12 @@ export class BridgeReadyTimeoutError extends BridgeError {
   }
 }
 
-/** The child exited before printing its readiness line. */
+/**
+ * The child exited before printing its readiness line. `summary` is its exit-summary line when it
+ * printed one instead of the readiness line (a relay that could not start its gateway), else null.
+ */
 export class BridgeExitedError extends BridgeError {
-  constructor(code, signal, stderrTail, pid) {
+  constructor(code, signal, stderrTail, pid, summary = null) {
     const how = signal ? `signal ${signal}` : `code ${code}`;
     const last = stderrTail.length ? `: ${stderrTail[stderrTail.length - 1]}` : '';
     super(`callback-bridge (pid ${pid}) exited with ${how} before it was ready${last}`);
@@ -66,6 +69,7 @@ export class BridgeExitedError extends BridgeError {
     this.signal = signal;
     this.stderrTail = stderrTail;
     this.pid = pid;
+    this.summary = summary;
   }
 }
 
@@ -296,6 +300,11 @@ export async function startBridge(options = {}) {
       if (obj && obj.event === 'ready') {
         ready = obj;
         firstLine({ kind: 'ready' });
+      } else if (obj && obj.event === 'exit') {
+        // A bridge that stops before it is ready prints only its exit summary (a stdio relay
+        // whose gateway command failed: "reason":"transport"); the cause is on stderr.
+        summary = obj;
+        firstLine({ kind: 'exit-line' });
       } else {
         firstLine({ kind: 'protocol', line });
       }
@@ -356,10 +365,20 @@ export async function startBridge(options = {}) {
   clearTimeout(readyTimer);
 
   if (outcome.kind !== 'ready') {
+    if (outcome.kind === 'exit-line') {
+      // It is stopping on its own: let it exit and its stderr be read, then report the exit.
+      let result = await waitAtMost(exited, KILL_WAIT_MS);
+      if (result === undefined) {
+        child.kill('SIGKILL');
+        result = await waitAtMost(exited, KILL_WAIT_MS);
+      }
+      const { code = null, signal = null } = result ?? {};
+      throw new BridgeExitedError(code, signal, [...stderrTail], child.pid, summary);
+    }
     if (outcome.kind === 'exited') {
       if (spawnError) throw new BridgeSpawnError(inv.binary, spawnError);
       const { code, signal } = outcome.result;
-      throw new BridgeExitedError(code, signal, [...stderrTail], child.pid);
+      throw new BridgeExitedError(code, signal, [...stderrTail], child.pid, null);
     }
     // Timeout or garbage: nothing is being served yet, so there is nothing to drain.
     child.kill('SIGKILL');
