@@ -23,9 +23,12 @@ import time
 import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BIN = os.environ.get("BENCH_BIN", os.path.join(ROOT, "target/release/callback-bridge"))
-UPSTREAM_BIN = os.path.join(ROOT, "target/release/examples/bench_upstream")
-FLOOR_BIN = os.path.join(ROOT, "target/release/examples/bare_proxy")
+# Cargo's target directory: CARGO_TARGET_DIR when set (relative to the repository root, where
+# run.sh builds), else ./target.
+TARGET = os.path.join(ROOT, os.environ.get("CARGO_TARGET_DIR", "target"))
+BIN = os.environ.get("BENCH_BIN", os.path.join(TARGET, "release/callback-bridge"))
+UPSTREAM_BIN = os.path.join(TARGET, "release/examples/bench_upstream")
+FLOOR_BIN = os.path.join(TARGET, "release/examples/bare_proxy")
 DURATION = int(os.environ.get("BENCH_DURATION", "5"))
 # Each scenario is measured ROUNDS times, the three targets interleaved in a rotating order, and
 # ratios are taken within a round (same minute, same machine state) before the median is taken.

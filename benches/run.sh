@@ -18,7 +18,7 @@ if [ ${#need[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
 fi
 # The binary under test is the one we ship: the static release build.
-BENCH_BIN="$PWD/$(scripts/build-static.sh)"
+BENCH_BIN=$(scripts/build-static.sh)   # an absolute path
 export BENCH_BIN
 cargo build --release --example bench_upstream --example bare_proxy
 exec python3 benches/run.py "$@"
