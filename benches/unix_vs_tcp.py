@@ -30,18 +30,17 @@ import sys
 import tempfile
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BIN = os.environ.get("BENCH_BIN", os.path.join(ROOT, "target/release/callback-bridge"))
-UPSTREAM_BIN = os.path.join(ROOT, "target/release/examples/bench_upstream")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+# The load benchmark's settings, shared rather than repeated: binaries (CARGO_TARGET_DIR-aware),
+# CPUs, token, upstream credential, the GET path.
+from run import (  # noqa: E402
+    BIN, GET_PATH, LOAD_CPU, PROXY_CPU, TOKEN, UPSTREAM_BIN, UPSTREAM_TOKEN,
+)
+
 DURATION = float(os.environ.get("BENCH_DURATION", "5"))
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "5"))
 # Requests before each measured run: connections opened, caches and the allocator warm.
 WARMUP_REQUESTS = 2000
-PROXY_CPU = os.environ.get("BENCH_PROXY_CPU", "0")
-LOAD_CPU = os.environ.get("BENCH_LOAD_CPU", "1")
-TOKEN = "bench-bridge-token-0123456789abcdefghijklmnopq"
-UPSTREAM_TOKEN = "bench-upstream-secret"
-GET_PATH = "/api/agents/me"
 # Any blocking socket call of the client gives up after this long (a wedged target fails the run).
 IO_TIMEOUT = 10.0
 READY_TIMEOUT = 10.0
