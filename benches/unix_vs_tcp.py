@@ -34,7 +34,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 # The load benchmark's settings, shared rather than repeated: binaries (CARGO_TARGET_DIR-aware),
 # CPUs, token, upstream credential, the GET path.
 from run import (  # noqa: E402
-    BIN, GET_PATH, LOAD_CPU, PROXY_CPU, TOKEN, UPSTREAM_BIN, UPSTREAM_TOKEN,
+    BIN, GET_PATH, LOAD_CPU, PROXY_CPU, TOKEN, UPSTREAM_BIN, UPSTREAM_TOKEN, read_ready,
 )
 
 DURATION = float(os.environ.get("BENCH_DURATION", "5"))
@@ -46,21 +46,9 @@ IO_TIMEOUT = 10.0
 READY_TIMEOUT = 10.0
 
 
-def read_ready(proc):
-    """First stdout line of a spawned process, parsed as JSON (bounded by READY_TIMEOUT)."""
-    deadline = time.monotonic() + READY_TIMEOUT
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if line:
-            return json.loads(line)
-        if proc.poll() is not None:
-            break
-    raise RuntimeError(f"no ready line from {proc.args}")
-
-
 def start(args, env=None):
     p = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
-    return p, read_ready(p)["url"]
+    return p, read_ready(p, READY_TIMEOUT)["url"]
 
 
 def start_bridge(upstream_url, listen):
