@@ -21,7 +21,6 @@ every wait is bounded.
 Usage: cargo build --release --bin callback-bridge --example bench_upstream
        python3 benches/unix_vs_tcp.py            # BENCH_DURATION=5 BENCH_ROUNDS=5 by default
 """
-import json
 import os
 import socket
 import statistics
