@@ -384,7 +384,8 @@ pub struct ExplainArgs {
 
 #[derive(Debug, Args)]
 pub struct HealthArgs {
-    /// Base URL of the bridge [default: http://127.0.0.1:8080, or CALLBACK_BRIDGE_HEALTH_URL]
+    /// Base URL of the bridge (http only) [default: http://$CALLBACK_BRIDGE_LISTEN; without
+    /// either, exit 2]
     #[arg(long, env = "CALLBACK_BRIDGE_HEALTH_URL", value_name = "URL")]
     pub url: Option<String>,
     /// Give up after this long [default: 2s]

@@ -178,6 +178,13 @@ pub enum HealthError {
     Unhealthy(String),
 }
 
+impl HealthError {
+    /// Whether the command line was at fault (the URL), not the bridge.
+    pub fn is_usage(&self) -> bool {
+        matches!(self, HealthError::Url { .. })
+    }
+}
+
 /// `health`: exit 0 iff `GET URL/__bridge/health` answers 200.
 pub fn health(config: &HealthConfig) -> Result<(), HealthError> {
     let url = &config.url;

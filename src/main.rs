@@ -57,7 +57,9 @@ fn main() -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("callback-bridge health: {e}");
-                ExitCode::FAILURE
+                // A URL that cannot be probed is a usage error (2); an unhealthy or unreachable
+                // bridge is a failed check (1).
+                ExitCode::from(if e.is_usage() { 2 } else { 1 })
             }
         },
         Run::QueueHelper(args) => match callback_bridge::queue_helper(&args) {

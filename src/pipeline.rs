@@ -155,6 +155,7 @@ impl<D: Dispatch> Pipeline<D> {
         let response = match decision {
             Decision::Local(endpoint) => match (self.local, endpoint) {
                 (LocalEndpoints::Answer, LocalEndpoint::Health) => {
+                    record.logged = false;
                     respond::json_ok(b"{\"status\":\"ok\"}")
                 }
                 (LocalEndpoints::Answer, LocalEndpoint::Metrics) => {

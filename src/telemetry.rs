@@ -299,6 +299,9 @@ pub struct AccessRecord {
     pub upstream_time: Option<Duration>,
     pub req_state: Option<std::sync::Arc<crate::body::BodyState>>,
     pub metrics: std::sync::Arc<Metrics>,
+    /// Whether the access log gets a line: not for health probes, which a container runtime or
+    /// a spawner sends every few seconds (they are still counted in the metrics).
+    pub logged: bool,
 }
 
 impl AccessRecord {
@@ -314,6 +317,7 @@ impl AccessRecord {
             upstream_time: None,
             req_state: None,
             metrics,
+            logged: true,
         }
     }
 
@@ -326,6 +330,9 @@ impl AccessRecord {
         self.metrics
             .bytes_in
             .fetch_add(req_bytes, Ordering::Relaxed);
+        if !self.logged {
+            return;
+        }
         access_log(&AccessLine {
             request_id: &self.request_id,
             method: self.method.as_str(),

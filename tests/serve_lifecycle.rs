@@ -710,9 +710,41 @@ fn health_command_probes_a_running_bridge() {
     assert_eq!(out.status.code(), Some(0), "stderr {:?}", out.stderr);
     let down = format!("http://127.0.0.1:{}", closed_port());
     let out = run_bridge(&["health", "--url", &down], &[], WAIT);
-    assert_ne!(
+    assert_eq!(
         out.status.code(),
-        Some(0),
-        "nothing listening must not be healthy"
+        Some(1),
+        "nothing listening is a failed check (1); stderr {:?}",
+        out.stderr
     );
+    // A URL that cannot be probed is a usage error, like every other command's.
+    for args in [&["health", "--url", "ftp://x"][..], &["health"][..]] {
+        let out = run_bridge(args, &[], WAIT);
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{args:?}: stderr {:?}",
+            out.stderr
+        );
+    }
+}
+
+#[test]
+fn health_probes_are_counted_but_not_access_logged() {
+    let upstream = MockUpstream::start();
+    let mut bridge =
+        Bridge::for_upstream_env(&upstream, &[], &[("CALLBACK_BRIDGE_LOG_FORMAT", "json")]);
+    for _ in 0..3 {
+        assert_eq!(bridge.get("/__bridge/health").status, 200);
+    }
+    assert_eq!(bridge.get("/api/companies/c/secrets").status, 403);
+    bridge.sigterm();
+    let exit = bridge.wait_exit_line(WAIT);
+    assert_eq!(exit["requests"], 4, "{exit}");
+    let access: Vec<String> = bridge
+        .stderr_lines()
+        .into_iter()
+        .filter(|l| l.contains("\"message\":\"request\""))
+        .collect();
+    assert_eq!(access.len(), 1, "{access:?}");
+    assert!(access[0].contains("\"status\":403"), "{access:?}");
 }
