@@ -496,58 +496,47 @@ impl Metrics {
                 escape_label(route)
             );
         }
-        let _ = writeln!(
-            out,
-            "# HELP callback_bridge_forwarded_total Requests forwarded upstream."
+        scalar(
+            &mut out,
+            "forwarded_total",
+            "counter",
+            "Requests forwarded upstream.",
+            g(&self.forwarded),
         );
-        let _ = writeln!(out, "# TYPE callback_bridge_forwarded_total counter");
-        let _ = writeln!(
-            out,
-            "callback_bridge_forwarded_total {}",
-            g(&self.forwarded)
+        scalar(
+            &mut out,
+            "upstream_errors_total",
+            "counter",
+            "Forwarded requests that got no usable upstream response.",
+            g(&self.upstream_errors),
         );
-        let _ = writeln!(out, "# HELP callback_bridge_upstream_errors_total Forwarded requests that got no usable upstream response.");
-        let _ = writeln!(out, "# TYPE callback_bridge_upstream_errors_total counter");
-        let _ = writeln!(
-            out,
-            "callback_bridge_upstream_errors_total {}",
-            g(&self.upstream_errors)
+        scalar(
+            &mut out,
+            "in_flight",
+            "gauge",
+            "Requests being handled now.",
+            self.in_flight.load(Ordering::Relaxed),
         );
-        let _ = writeln!(
-            out,
-            "# HELP callback_bridge_in_flight Requests being handled now."
+        scalar(
+            &mut out,
+            "bytes_in_total",
+            "counter",
+            "Request body bytes received from agents.",
+            g(&self.bytes_in),
         );
-        let _ = writeln!(out, "# TYPE callback_bridge_in_flight gauge");
-        let _ = writeln!(
-            out,
-            "callback_bridge_in_flight {}",
-            self.in_flight.load(Ordering::Relaxed)
+        scalar(
+            &mut out,
+            "bytes_out_total",
+            "counter",
+            "Response body bytes sent to agents.",
+            g(&self.bytes_out),
         );
-        let _ = writeln!(
-            out,
-            "# HELP callback_bridge_bytes_in_total Request body bytes received from agents."
-        );
-        let _ = writeln!(out, "# TYPE callback_bridge_bytes_in_total counter");
-        let _ = writeln!(out, "callback_bridge_bytes_in_total {}", g(&self.bytes_in));
-        let _ = writeln!(
-            out,
-            "# HELP callback_bridge_bytes_out_total Response body bytes sent to agents."
-        );
-        let _ = writeln!(out, "# TYPE callback_bridge_bytes_out_total counter");
-        let _ = writeln!(
-            out,
-            "callback_bridge_bytes_out_total {}",
-            g(&self.bytes_out)
-        );
-        let _ = writeln!(
-            out,
-            "# HELP callback_bridge_peer_refused_total Unix-socket connections closed unread: peer uid/gid not allowed."
-        );
-        let _ = writeln!(out, "# TYPE callback_bridge_peer_refused_total counter");
-        let _ = writeln!(
-            out,
-            "callback_bridge_peer_refused_total {}",
-            g(&self.peer_refused)
+        scalar(
+            &mut out,
+            "peer_refused_total",
+            "counter",
+            "Unix-socket connections closed unread: peer uid/gid not allowed.",
+            g(&self.peer_refused),
         );
         let _ = writeln!(out, "# HELP callback_bridge_upstream_latency_seconds Time from forwarding to the upstream response head.");
         let _ = writeln!(
@@ -603,6 +592,14 @@ impl Metrics {
         };
         serde_json::to_string(&line).unwrap_or_default()
     }
+}
+
+/// One unlabelled sample with its `# HELP` and `# TYPE` lines (`callback_bridge_` + `name`).
+fn scalar(out: &mut String, name: &str, kind: &str, help: &str, value: u64) {
+    use std::fmt::Write;
+    let _ = writeln!(out, "# HELP callback_bridge_{name} {help}");
+    let _ = writeln!(out, "# TYPE callback_bridge_{name} {kind}");
+    let _ = writeln!(out, "callback_bridge_{name} {value}");
 }
 
 fn escape_label(s: &str) -> String {

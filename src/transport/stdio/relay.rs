@@ -447,8 +447,9 @@ async fn stream(
         match http2_body(pipeline, &mut parts, body, body_idle_timeout).await {
             Ok(body) => {
                 // `:path` alone is the target (the `:authority` is the bridge's own).
+                // An origin-form URI shares `:path`'s bytes: no copy per stream.
                 let target = match parts.uri.path_and_query() {
-                    Some(pq) => Target::Text(pq.as_str().to_owned()),
+                    Some(pq) => Target::Uri(http::Uri::from(pq.clone())),
                     None => Target::Text(String::new()),
                 };
                 let inbound = Inbound {
