@@ -5,25 +5,29 @@
 // Every process logs JSON (CALLBACK_BRIDGE_LOG_FORMAT=json); stdout and stderr are captured whole
 // so a test can grep them for secrets. Readiness is the `{"event":"ready",…}` line on stdout.
 //
+// Unset timeouts keep our defaults (flags omitted).
+//
 // API
 //   bridgeBin()                          absolute path of the binary
 //   spawnBridge(args, { env, label })    -> Proc (environment: PATH plus `env` only)
 //   Proc: { child, pid, stdout(), stderr(), events(), waitEvent(name, ms), exited, kill(sig) }
-//   startQueueGateway({ queueDir, token, responseTimeout = "3s", args = [], env = {} })
+//   startQueueGateway({ queueDir, token, responseTimeout, args = [], env = {} })
 //        -> { proc, url, ready }             (token through CALLBACK_BRIDGE_TOKEN)
-//   startQueueRelay({ queueDir, upstream, credential, runner, upstreamTimeout = "2s",
+//   startQueueRelay({ queueDir, upstream, credential, runner, upstreamTimeout,
 //                     args = [], env = {} })
 //        -> { proc, ready }                  (`relay --transport queue … -- <runner.relayPrefix()>`)
-//   startStdioRelay({ upstream, credential, token, gatewayArgv, upstreamTimeout = "2s",
+//   startStdioRelay({ upstream, credential, token, gatewayArgv, upstreamTimeout,
 //                     args = [], env = {} })
 //        -> { proc, ready, token }           (token: the given one, or the generated one printed
 //                                             on the readiness line)
-//   stdioGatewayScript({ port, responseTimeout = "3s", args = [] })
+//   stdioGatewayScript({ port, responseTimeout, args = [] })
 //        -> a shell script running our stdio gateway (token and nonce from the relay's env)
 import { spawn } from "node:child_process";
 import { existsSync } from "node:fs";
 import { fileURLToPath } from "node:url";
 import { shq } from "./runner.mjs";
+
+const opt = (flag, value) => (value === undefined || value === null ? [] : [flag, String(value)]);
 
 export function bridgeBin() {
   const bin = process.env.CALLBACK_BRIDGE_BIN
@@ -110,9 +114,9 @@ export function spawnBridge(args, { env = {}, label = "callback-bridge" } = {}) 
   return proc;
 }
 
-export async function startQueueGateway({ queueDir, token, responseTimeout = "3s", args = [], env = {} }) {
+export async function startQueueGateway({ queueDir, token, responseTimeout, args = [], env = {} }) {
   const proc = spawnBridge(
-    ["gateway", "--transport", "queue", "--queue-dir", queueDir, "--response-timeout", responseTimeout, ...args],
+    ["gateway", "--transport", "queue", "--queue-dir", queueDir, ...opt("--response-timeout", responseTimeout), ...args],
     { env: { CALLBACK_BRIDGE_TOKEN: token, ...env }, label: "our queue gateway" },
   );
   const ready = await proc.waitEvent("ready");
@@ -124,7 +128,7 @@ export async function startQueueRelay({
   upstream,
   credential,
   runner,
-  upstreamTimeout = "2s",
+  upstreamTimeout,
   args = [],
   env = {},
 }) {
@@ -137,8 +141,7 @@ export async function startQueueRelay({
       queueDir,
       "--upstream",
       upstream,
-      "--upstream-timeout",
-      upstreamTimeout,
+      ...opt("--upstream-timeout", upstreamTimeout),
       ...args,
       "--",
       ...runner.relayPrefix(),
@@ -154,7 +157,7 @@ export async function startStdioRelay({
   credential,
   token,
   gatewayArgv,
-  upstreamTimeout = "2s",
+  upstreamTimeout,
   args = [],
   env = {},
 }) {
@@ -165,8 +168,7 @@ export async function startStdioRelay({
       "stdio",
       "--upstream",
       upstream,
-      "--upstream-timeout",
-      upstreamTimeout,
+      ...opt("--upstream-timeout", upstreamTimeout),
       ...args,
       "--",
       ...gatewayArgv,
@@ -180,7 +182,7 @@ export async function startStdioRelay({
   return { proc, ready, token: token || ready.token };
 }
 
-export function stdioGatewayScript({ port, responseTimeout = "3s", args = [] }) {
+export function stdioGatewayScript({ port, responseTimeout, args = [] }) {
   return [
     "exec",
     bridgeBin(),
@@ -189,8 +191,7 @@ export function stdioGatewayScript({ port, responseTimeout = "3s", args = [] }) 
     "stdio",
     "--listen",
     `127.0.0.1:${port}`,
-    "--response-timeout",
-    responseTimeout,
+    ...opt("--response-timeout", responseTimeout),
     ...args,
   ]
     .map(shq)

@@ -2,33 +2,36 @@
 // `npm ci` in tests/interop; nothing of it is copied here). Needs Node >= 24.11, i.e. the Node in
 // tests/interop/node_modules/.bin/node.
 //
+// Unset options keep Paperclip's own defaults (response timeout 30 s, forward timeout 30 s,
+// worker iteration timeout 10 s, body limit 10 MiB + 64 KiB).
+//
 // API
 //   paperclipAsset()  -> { localDir, entrypoint }  Paperclip's generated gateway script
 //                        (paperclip-bridge-server.mjs), created once per process.
 //   newBridgeToken()  -> a token as Paperclip makes them (24 random bytes, base64url).
-//   startPaperclipQueueGateway({ runner, queueDir, token, responseTimeoutMs = 3000,
+//   startPaperclipQueueGateway({ runner, queueDir, token, responseTimeoutMs,
 //                                pollIntervalMs, maxBodyBytes, port })
 //        Paperclip's own launcher (startSandboxCallbackBridgeServer) through `runner`: it copies
 //        the script into <runner.dir>/pc-asset, starts it with `nohup node …` and the
 //        PAPERCLIP_* environment (PAPERCLIP_API_BRIDGE_MODE=queue_v1, _QUEUE_DIR, _TOKEN, _HOST,
 //        _PORT, _POLL_INTERVAL_MS, _RESPONSE_TIMEOUT_MS, _MAX_QUEUE_DEPTH, _MAX_BODY_BYTES) and
 //        waits for ready.json. -> { url, pid, stop(), kill() }   (kill: SIGKILL, no clean-up)
-//   paperclipForwarder({ upstream, credential, runId = "interop-run", forwardTimeoutMs = 2000,
+//   paperclipForwarder({ upstream, credential, runId = "interop-run", forwardTimeoutMs = DEFAULT_DUPLEX_BROKER_BUDGETS.forwardTimeoutMs,
 //                        maxBodyBytes })
 //        -> handler(request, signal)  forwards one bridge request to `upstream` the way
 //        Paperclip's host does (fetch, `authorization: Bearer <credential>`,
 //        `x-paperclip-run-id`, a forward deadline, response headers content-type, etag,
 //        last-modified, x-paperclip-bridge-outcome; an unreadable or oversized response body
 //        is 502 for safe methods and 504 + x-paperclip-bridge-outcome: indeterminate otherwise).
-//   startPaperclipQueueWorker({ runner, queueDir, upstream, credential, forwardTimeoutMs = 2000,
+//   startPaperclipQueueWorker({ runner, queueDir, upstream, credential, forwardTimeoutMs = DEFAULT_DUPLEX_BROKER_BUDGETS.forwardTimeoutMs,
 //                               pollIntervalMs = 25, iterationTimeoutMs, maxBodyBytes })
 //        Paperclip's host worker (startSandboxCallbackBridgeWorker) with its command-managed
 //        queue client: every queue operation is one command through `runner`. -> { stop() }
-//   paperclipHttp2GatewayScript({ port, responseTimeoutMs = 3000, maxBodyBytes })
+//   paperclipHttp2GatewayScript({ port, responseTimeoutMs, maxBodyBytes })
 //        -> a shell script that starts Paperclip's http2_v1 gateway with Node 24, taking the
 //        token and nonce from CALLBACK_BRIDGE_TOKEN / CALLBACK_BRIDGE_NONCE (our relay's
 //        handshake variables).
-//   startPaperclipHttp2Host({ runner, token, port, upstream, credential, forwardTimeoutMs = 2000,
+//   startPaperclipHttp2Host({ runner, token, port, upstream, credential, forwardTimeoutMs = DEFAULT_DUPLEX_BROKER_BUDGETS.forwardTimeoutMs,
 //                             maxBodyBytes, gateway: { command, entrypoint }, env = {} })
 //        Paperclip's http2_v1 host: builds the launch argv with Paperclip's
 //        buildDuplexGatewayLaunchArgv (`exec env PAPERCLIP_…=… <command> <entrypoint>`), opens
@@ -55,6 +58,7 @@ import {
   buildDuplexGatewayLaunchArgv,
 } from "@paperclipai/adapter-utils/execution-target";
 import { DEFAULT_MAX_DUPLEX_FRAME_BYTES } from "@paperclipai/adapter-utils/duplex-frame-codec";
+import { DEFAULT_DUPLEX_BROKER_BUDGETS } from "@paperclipai/adapter-utils/bridge-transport-contract";
 import { shq } from "./runner.mjs";
 
 const NODE = process.execPath;
@@ -74,7 +78,7 @@ export async function startPaperclipQueueGateway({
   runner,
   queueDir,
   token,
-  responseTimeoutMs = 3000,
+  responseTimeoutMs,
   pollIntervalMs,
   maxBodyBytes,
   port,
@@ -114,7 +118,7 @@ export function paperclipForwarder({
   upstream,
   credential,
   runId = "interop-run",
-  forwardTimeoutMs = 2000,
+  forwardTimeoutMs = DEFAULT_DUPLEX_BROKER_BUDGETS.forwardTimeoutMs,
   maxBodyBytes = 10 * 1024 * 1024 + 64 * 1024,
 }) {
   return async (request, signal) => {
@@ -163,7 +167,7 @@ export async function startPaperclipQueueWorker({
   queueDir,
   upstream,
   credential,
-  forwardTimeoutMs = 2000,
+  forwardTimeoutMs = DEFAULT_DUPLEX_BROKER_BUDGETS.forwardTimeoutMs,
   pollIntervalMs = 25,
   iterationTimeoutMs,
   maxBodyBytes,
@@ -185,7 +189,7 @@ export async function startPaperclipQueueWorker({
   return { stop: (opts) => worker.stop(opts) };
 }
 
-export async function paperclipHttp2GatewayScript({ port, responseTimeoutMs = 3000, maxBodyBytes }) {
+export async function paperclipHttp2GatewayScript({ port, responseTimeoutMs, maxBodyBytes }) {
   const { entrypoint } = await paperclipAsset();
   const env = [
     "PAPERCLIP_API_BRIDGE_MODE=http2_v1",
@@ -193,7 +197,7 @@ export async function paperclipHttp2GatewayScript({ port, responseTimeoutMs = 30
     'PAPERCLIP_BRIDGE_NONCE="$CALLBACK_BRIDGE_NONCE"',
     "PAPERCLIP_BRIDGE_HOST=127.0.0.1",
     `PAPERCLIP_BRIDGE_PORT=${port}`,
-    `PAPERCLIP_BRIDGE_RESPONSE_TIMEOUT_MS=${responseTimeoutMs}`,
+    ...(responseTimeoutMs ? [`PAPERCLIP_BRIDGE_RESPONSE_TIMEOUT_MS=${responseTimeoutMs}`] : []),
     ...(maxBodyBytes ? [`PAPERCLIP_BRIDGE_MAX_BODY_BYTES=${maxBodyBytes}`] : []),
   ];
   return `${env.join(" ")} exec ${shq(NODE)} ${shq(entrypoint)}`;
@@ -205,7 +209,7 @@ export async function startPaperclipHttp2Host({
   port,
   upstream,
   credential,
-  forwardTimeoutMs = 2000,
+  forwardTimeoutMs = DEFAULT_DUPLEX_BROKER_BUDGETS.forwardTimeoutMs,
   maxBodyBytes = 10 * 1024 * 1024 + 64 * 1024,
   gateway,
   env = {},

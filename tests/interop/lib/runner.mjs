@@ -184,7 +184,10 @@ export function createRunner({ prefix = ["sh", "-c"], dir, env = {} } = {}) {
     execute,
     openDuplexChannel,
     killAll() {
-      for (const c of children) c.kill("SIGKILL");
+      for (const c of children) {
+        c.kill("SIGKILL");
+        for (const s of [c.stdin, c.stdout, c.stderr]) s?.destroy();
+      }
     },
   };
 }
