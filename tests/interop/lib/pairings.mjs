@@ -8,7 +8,7 @@
 //
 // API
 //   PAIRINGS                         the four names above
-//   startPairing(name, { prefix, gatewayTimeoutMs = 3000, relayTimeoutMs = 2000 }) -> Fixture
+//   startPairing(name, { prefix, gatewayTimeoutMs = 20000, relayTimeoutMs = 15000 }) -> Fixture
 //     (a timeout given as null is left unset: each side then uses its own default)
 //   Fixture:
 //     name, transport ("queue" | "stdio"), gatewaySide, hostSide ("paperclip" | "ours")
@@ -20,9 +20,10 @@
 //                      connections (for "pc-http2-gateway+our-relay" our relay restarts it by
 //                      itself, this only waits)
 //     close()          stop everything, remove nothing (the caller owns `dir`)
-// Timeouts are small on purpose: the gateway's response timeout is `gatewayTimeoutMs`, the
-// host's per-request deadline (our `--upstream-timeout`, Paperclip's forward timeout) is
-// `relayTimeoutMs`, which must be the shorter one.
+// The gateway's response timeout is `gatewayTimeoutMs`, the host's per-request deadline (our
+// `--upstream-timeout`, Paperclip's forward timeout) is `relayTimeoutMs`, which must be the
+// shorter one. The defaults leave room for a loaded machine (Paperclip's worker handles one
+// request file at a time, with 4 commands each); tests of hung requests pass small ones.
 import { randomBytes } from "node:crypto";
 import { mkdtempSync, readFileSync } from "node:fs";
 import net from "node:net";
@@ -90,7 +91,7 @@ export async function waitClosed(port, ms = 15_000) {
   }
 }
 
-export async function startPairing(name, { prefix, gatewayTimeoutMs = 3000, relayTimeoutMs = 2000 } = {}) {
+export async function startPairing(name, { prefix, gatewayTimeoutMs = 20_000, relayTimeoutMs = 15_000 } = {}) {
   if (!PAIRINGS.includes(name)) throw new Error(`unknown pairing ${name}`);
   const dir = mkdtempSync(path.join(os.tmpdir(), "cb-interop-"));
   const runner = createRunner({ dir, ...(prefix ? { prefix } : {}) });

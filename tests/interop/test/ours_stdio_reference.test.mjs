@@ -1,7 +1,8 @@
-// Our stdio gateway under our stdio relay, for the one property no Paperclip pairing can show:
-// Paperclip's http2 gateway never sends content-length on its streams, so only our own gateway
-// tells the relay a body's length, and the relay must pass it on to the upstream (not switch to
-// chunked framing).
+// Our stdio gateway under our stdio relay, for what no Paperclip pairing can show: Paperclip's
+// http2 gateway never sends content-length on its streams (and Paperclip's host never sends one
+// back), so only our own pair tells the other side a body's length, which must then reach the
+// upstream (request) and the agent (response) as content-length, not as chunked framing. Also: a
+// token the relay generated appears on its readiness line only.
 import assert from "node:assert/strict";
 import { mkdtempSync } from "node:fs";
 import os from "node:os";
@@ -43,8 +44,24 @@ test("our stdio gateway + our stdio relay: a declared content-length reaches the
       assert.equal(got.headers["transfer-encoding"], undefined, "chunked although the length was known");
       assert.equal(got.headers["content-length"], String(Buffer.byteLength(body)));
     }
+    // And back: the upstream's content-length reaches the agent (no chunked re-framing).
+    const blob = Buffer.alloc(700_000, 7);
+    upstream.on("/api/attachments/a1/content", { download: blob });
+    const down = await agentRequest(url, { path: "/api/attachments/a1/content", token: relay.token });
+    assert.equal(down.status, 200);
+    assert.equal(sha256(down.body), sha256(blob));
+    assert.equal(down.headers["transfer-encoding"], undefined, "chunked although the length was known");
+    assert.equal(down.headers["content-length"], String(blob.length));
+
+    // The relay generated the token: it appears on the readiness line and nowhere else.
+    await relay.proc.stop(5000);
+    const out = relay.proc.stdout();
+    assert.equal(out.split(relay.token).length - 1, 1, "token printed other than once on stdout");
+    assert.ok(out.split("\n")[0].includes(relay.token), "token not on the readiness line");
+    assert.ok(!relay.proc.stderr().includes(relay.token), "token in stderr");
+    assert.ok(!(out + relay.proc.stderr()).includes("pcp_reference_credential"), "credential printed");
   } finally {
-    await relay.proc.stop(2000);
+    relay.proc.kill("SIGKILL");
     relay.proc.child.stdout.destroy();
     relay.proc.child.stderr.destroy();
     await upstream.close();

@@ -18,6 +18,8 @@ import { sha256 } from "../lib/upstream.mjs";
 const TEST_TIMEOUT = 60_000;
 const SETTLE_MS = 15_000;
 const MAX_BODY = 10 * 1024 * 1024 + 64 * 1024; // both sides' default
+// Hung requests: the host gives up after 2 s, the gateway after 3 s.
+const HUNG = { options: { gatewayTimeoutMs: 3000, relayTimeoutMs: 2000 } };
 
 /** Every file below dir (paths), recursively. */
 function walk(dir) {
@@ -326,7 +328,7 @@ export function defineSuite(pairing) {
       assert.match(e.error, /abort|timeout|timed out/i);
     }
     assertReceived(fx, "POST", "/api/issues/ISS-H/comments", 1);
-  });
+  }, HUNG);
 
   scenario(pairing, "hung GET", async (fx) => {
     fx.upstream.on("/api/issues/ISS-H", "hang");
@@ -341,7 +343,7 @@ export function defineSuite(pairing) {
       assert.match(e.error, /abort|timeout|timed out/i);
     }
     assertReceived(fx, "GET", "/api/issues/ISS-H", 1);
-  });
+  }, HUNG);
 
   scenario(
     pairing,
