@@ -16,14 +16,16 @@
 //        PAPERCLIP_* environment (PAPERCLIP_API_BRIDGE_MODE=queue_v1, _QUEUE_DIR, _TOKEN, _HOST,
 //        _PORT, _POLL_INTERVAL_MS, _RESPONSE_TIMEOUT_MS, _MAX_QUEUE_DEPTH, _MAX_BODY_BYTES) and
 //        waits for ready.json. -> { url, pid, stop(), kill() }   (kill: SIGKILL, no clean-up)
-//   paperclipForwarder({ upstream, credential, runId = "interop-run", forwardTimeoutMs = DEFAULT_DUPLEX_BROKER_BUDGETS.forwardTimeoutMs,
+//   paperclipForwarder({ upstream, credential, runId = "interop-run", forwardTimeoutMs = 30000,
 //                        maxBodyBytes })
 //        -> handler(request, signal)  forwards one bridge request to `upstream` the way
-//        Paperclip's host does (fetch, `authorization: Bearer <credential>`,
+//        Paperclip's host does (Paperclip's own forward function is a closure inside
+//        startAdapterExecutionTargetPaperclipBridge, not exported, so this one is ours, written
+//        to its observable behaviour) (fetch, `authorization: Bearer <credential>`,
 //        `x-paperclip-run-id`, a forward deadline, response headers content-type, etag,
 //        last-modified, x-paperclip-bridge-outcome; an unreadable or oversized response body
 //        is 502 for safe methods and 504 + x-paperclip-bridge-outcome: indeterminate otherwise).
-//   startPaperclipQueueWorker({ runner, queueDir, upstream, credential, forwardTimeoutMs = DEFAULT_DUPLEX_BROKER_BUDGETS.forwardTimeoutMs,
+//   startPaperclipQueueWorker({ runner, queueDir, upstream, credential, forwardTimeoutMs = 30000,
 //                               pollIntervalMs = 25, iterationTimeoutMs, maxBodyBytes })
 //        Paperclip's host worker (startSandboxCallbackBridgeWorker) with its command-managed
 //        queue client: every queue operation is one command through `runner`. -> { stop() }
@@ -31,7 +33,7 @@
 //        -> a shell script that starts Paperclip's http2_v1 gateway with Node 24, taking the
 //        token and nonce from CALLBACK_BRIDGE_TOKEN / CALLBACK_BRIDGE_NONCE (our relay's
 //        handshake variables).
-//   startPaperclipHttp2Host({ runner, token, port, upstream, credential, forwardTimeoutMs = DEFAULT_DUPLEX_BROKER_BUDGETS.forwardTimeoutMs,
+//   startPaperclipHttp2Host({ runner, token, port, upstream, credential, forwardTimeoutMs = 30000,
 //                             maxBodyBytes, gateway: { command, entrypoint }, env = {} })
 //        Paperclip's http2_v1 host: builds the launch argv with Paperclip's
 //        buildDuplexGatewayLaunchArgv (`exec env PAPERCLIP_…=… <command> <entrypoint>`), opens
