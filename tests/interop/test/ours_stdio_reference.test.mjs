@@ -4,7 +4,7 @@
 // upstream (request) and the agent (response) as content-length, not as chunked framing. Also: a
 // token the relay generated appears on its readiness line only.
 import assert from "node:assert/strict";
-import { mkdtempSync } from "node:fs";
+import { mkdtempSync, rmSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { test } from "node:test";
@@ -65,5 +65,6 @@ test("our stdio gateway + our stdio relay: a declared content-length reaches the
     relay.proc.child.stdout.destroy();
     relay.proc.child.stderr.destroy();
     await upstream.close();
+    rmSync(dir, { recursive: true, force: true });
   }
 });
