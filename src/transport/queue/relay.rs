@@ -219,7 +219,7 @@ pub async fn run(config: QueueRelayConfig) -> Result<(), TransportError> {
         })?;
     }
     print_line(&line)?;
-    tracing::info!(queue = %core.dir, prefix = ?core.runner.prefix(), to = %core.pipeline.dispatcher().describe(), "relay ready");
+    tracing::info!(queue = %core.dir, prefix = %core.runner.describe(), to = %core.pipeline.dispatcher().describe(), "relay ready");
 
     let mut lp = Loop::new(core.clone(), stop_rx, common.limits.drain_timeout);
     lp.accept(recovered, true);
@@ -399,8 +399,15 @@ impl Loop {
     }
 
     fn note_failure(&mut self, what: &str, error: CommandFailure) -> Result<(), TransportError> {
+        let first = self.failing_since.is_none();
         let since = *self.failing_since.get_or_insert_with(Instant::now);
-        tracing::warn!(command = what, error = %error, "sandbox command failed");
+        // Stopping, or a first failure by the signal that stops the relay's process group: part
+        // of an ordinary stop, not a fault (a repeat while not stopping is one: warned).
+        if self.stopping.is_some() || (first && error.ended_by_stop_signal()) {
+            tracing::info!(command = what, error = %error, "sandbox command ended");
+        } else {
+            tracing::warn!(command = what, error = %error, "sandbox command failed");
+        }
         if since.elapsed() >= TRANSPORT_LOSS_LIMIT {
             return Err(TransportError::SandboxLost {
                 secs: since.elapsed().as_secs(),
