@@ -209,12 +209,15 @@ impl StderrWatch {
                         None if filled == buf.len() => filled,
                         None => continue,
                     };
+                    // Flushed at once: tokio's stderr completes writes in the background.
                     let _ = out.write_all(&buf[..cut]).await;
+                    let _ = out.flush().await;
                     buf.copy_within(cut..filled, 0);
                     filled -= cut;
                 }
                 if filled > 0 {
                     let _ = out.write_all(&buf[..filled]).await;
+                    let _ = out.flush().await;
                 }
             }
             let _ = done_tx.send(true);
