@@ -55,8 +55,8 @@ pub struct Output {
     pub success: bool,
     /// How the command exited (`exit status: 1`, `signal: 9`).
     pub status: std::process::ExitStatus,
-    /// The end of stderr, summarized for the log ([`summarize_stderr`](crate::transport::diag::summarize_stderr): the last few lines, no
-    /// shell trace, no echo of the script; sandbox-controlled text: log it, never trust it).
+    /// The end of stderr, summarized for the log (`diag::summarize_stderr`: the last few lines,
+    /// no shell trace, no echo of the script; sandbox-controlled text: log it, never trust it).
     pub stderr: String,
     /// The exec prefix as logged ([`Runner::describe`]).
     pub command: String,
@@ -82,7 +82,7 @@ pub enum CommandFailure {
     },
 }
 
-/// `failed (exit status: 1): <stderr>`, `failed (signal: 9 (SIGKILL)); no stderr`, or, for a
+/// `failed (exit status: 1): <stderr>`, `failed (signal: 9 (SIGKILL); no stderr)`, or, for a
 /// command that exited 0 without finishing its output, `ended its output early (…)`.
 fn failure_text(status: &std::process::ExitStatus, stderr: &str) -> String {
     let what = if status.success() {

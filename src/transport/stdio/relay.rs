@@ -274,7 +274,8 @@ impl LaunchError {
     }
 }
 
-/// ` (exit status: 1): <stderr>`, ` (signal: 9 (SIGKILL); no stderr)`, or just the stderr.
+/// `; it exited (exit status: 1): <stderr>`, `; it exited (signal: 9 (SIGKILL); no stderr)`,
+/// or, for a command that was killed, `; its stderr: <stderr>` (or nothing).
 fn exit_suffix(status: &Option<ExitStatus>, stderr: &str) -> String {
     match (status, stderr.is_empty()) {
         (Some(status), true) => format!("; it exited ({status}; no stderr)"),
@@ -381,7 +382,11 @@ impl Supervisor {
                     };
                     reap(child, grace).await;
                     match end {
-                        SessionEnd::Stopped(reason) => return Ok(reason),
+                        SessionEnd::Stopped(reason) => {
+                            // Its last lines (its exit line) reach the log before the relay's.
+                            let _ = stderr.summary(CHILD_EXIT_GRACE).await;
+                            return Ok(reason);
+                        }
                         SessionEnd::Lost(why) => {
                             let stderr = stderr.summary(CHILD_EXIT_GRACE).await;
                             lost = Some(if stderr.is_empty() {
