@@ -152,7 +152,7 @@ fn a_failing_gateway_command_is_named_with_its_exit_status_and_stderr() {
     assert_eq!(out.status.code(), Some(1), "{}", out.stderr);
     let line = final_line(&out.stderr);
     assert!(
-        line.contains("the gateway command (env SET_BY_PREFIX=… sh -c ")
+        line.contains("the gateway command was not accepted (env SET_BY_PREFIX=… sh -c ")
             && line.contains("closed its stdout before READY")
             && line.contains("exit status: 5")
             && line.ends_with("no gateway here"),

@@ -252,7 +252,7 @@ pub enum LaunchError {
         command: String,
         source: std::io::Error,
     },
-    #[error("the gateway command ({command}) was not accepted: {source}{}", exit_suffix(.status, .stderr))]
+    #[error("the gateway command was not accepted ({command}): {source}{}", exit_suffix(.status, .stderr))]
     Gate {
         command: String,
         source: GateError,
