@@ -420,10 +420,15 @@ impl Loop {
     }
 
     fn note_failure(&mut self, what: &str, error: CommandFailure) -> Result<(), TransportError> {
-        let first = self.failing_since.is_none();
         let since = *self.failing_since.get_or_insert_with(Instant::now);
-        // Stopping, or a first failure by the signal that stops the relay's process group: part
-        // of an ordinary stop, not a fault (a repeat while not stopping is one: warned).
+        // Stopping, or the first failure of its lane (take or put, which may both be running)
+        // by the signal that stops the relay's process group: part of an ordinary stop, not a
+        // fault (a repeat while not stopping is one: warned).
+        let first = if what == "put" {
+            self.put_failures
+        } else {
+            self.take_failures
+        } <= 1;
         if self.stopping.is_some() || (first && error.ended_by_stop_signal()) {
             tracing::info!(command = what, error = %error, "sandbox command ended");
         } else {
