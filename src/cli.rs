@@ -154,6 +154,11 @@ option_group! {
         #[arg(long, env = "CALLBACK_BRIDGE_REQUIRE_UPSTREAM_CREDENTIAL", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL", value_parser = clap::builder::BoolishValueParser::new())]
         pub require_upstream_credential: Option<bool>,
 
+        /// PEM file of the CA certificate(s) an https upstream's certificate must chain to; replaces
+        /// the built-in Mozilla roots [default: the built-in roots]
+        #[arg(long, env = "CALLBACK_BRIDGE_UPSTREAM_CA_FILE", value_name = "PATH")]
+        pub upstream_ca_file: Option<PathBuf>,
+
         /// Time to connect to the upstream [default: 5s]
         #[arg(long, env = "CALLBACK_BRIDGE_UPSTREAM_CONNECT_TIMEOUT", value_name = "DURATION")]
         pub upstream_connect_timeout: Option<DurationArg>,

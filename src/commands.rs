@@ -20,6 +20,21 @@ pub fn check(config: &ServeConfig) -> String {
     let _ = writeln!(out, "configuration ok");
     let _ = writeln!(out, "listen      {}", config.listener.addr);
     let _ = writeln!(out, "upstream    {}", config.target.upstream.display());
+    match &config.target.ca {
+        Some(ca) => {
+            let _ = writeln!(
+                out,
+                "upstream ca {} ({} certificate{}; instead of the built-in roots)",
+                ca.path.display(),
+                ca.count,
+                if ca.count == 1 { "" } else { "s" }
+            );
+        }
+        None if config.target.upstream.is_https() => {
+            let _ = writeln!(out, "upstream ca built-in roots (Mozilla)");
+        }
+        None => {}
+    }
     let _ = writeln!(
         out,
         "credential  {}",

@@ -146,6 +146,14 @@ impl ConfigFile {
         })
     }
 
+    /// The upstream options from the file; `upstream_ca_file` is resolved against the file's
+    /// directory.
+    pub(super) fn upstream_group(&self) -> Result<UpstreamOptions, ConfigError> {
+        let mut group: UpstreamOptions = self.group()?;
+        group.upstream_ca_file = group.upstream_ca_file.map(|p| self.resolve(p));
+        Ok(group)
+    }
+
     /// Resolves a path given in the file against the file's directory.
     fn resolve(&self, path: PathBuf) -> PathBuf {
         match self.path.parent() {

@@ -21,6 +21,7 @@ use crate::cli::{
 };
 use crate::policy::{HeaderRules, Policy, RouteTable};
 
+mod ca;
 mod file;
 mod listen;
 mod upstream;
@@ -28,6 +29,7 @@ mod upstream;
 use crate::transport::stdio::handshake::{
     valid_nonce, MAX_NONCE_LEN, NONCE_ENV, PAPERCLIP_NONCE_ENV, PAPERCLIP_TOKEN_ENV,
 };
+pub use ca::UpstreamCa;
 use file::{one_line, with_file, FileRole, MergedCommon};
 pub use listen::{ListenAddr, PeerCheck, UNIX_PREFIX};
 pub use upstream::Upstream;
@@ -89,6 +91,8 @@ pub enum ConfigError {
     },
     #[error("invalid routes file {path}: {message}")]
     Routes { path: PathBuf, message: String },
+    #[error("invalid upstream_ca_file {path}: {message}")]
+    CaFile { path: PathBuf, message: String },
     /// A setting the role cannot take (e.g. the upstream credential given to a gateway).
     #[error("{0}")]
     Refused(String),
@@ -163,6 +167,8 @@ pub struct Listener {
 #[derive(Debug)]
 pub struct Target {
     pub upstream: Upstream,
+    /// `upstream_ca_file`: the CAs that replace the built-in roots for an https upstream.
+    pub ca: Option<UpstreamCa>,
     /// `None` when no credential is configured (forwarded without one, warned once).
     pub credential: Option<UpstreamCredential>,
     pub run_id: Option<http::HeaderValue>,
@@ -346,7 +352,7 @@ fn serve(args: ServeArgs, env: Env<'_>) -> Result<ServeConfig, ConfigError> {
     } = args;
     let (common, file) = with_file(common, FileRole::Serve, env)?;
     let listen = listen.or(file.group()?);
-    let upstream = upstream.or(file.group()?);
+    let upstream = upstream.or(file.upstream_group()?);
     Ok(ServeConfig {
         listener: listener(&listen)?,
         target: target(&upstream, env)?,
@@ -441,7 +447,7 @@ fn relay(args: RelayArgs, env: Env<'_>) -> Result<Role, ConfigError> {
         command,
     } = args;
     let (common, file) = with_file(common, FileRole::Relay, env)?;
-    let upstream = upstream.or(file.group()?);
+    let upstream = upstream.or(file.upstream_group()?);
     let transport: RelayTransportOptions = transport.or(file.group()?);
     let kind = transport_kind(transport.transport, env)?;
     let mut scrub_names: Vec<&str> = vec![
@@ -836,8 +842,14 @@ fn target(opts: &UpstreamOptions, env: Env<'_>) -> Result<Target, ConfigError> {
                 .map_err(|_| invalid("run_id", "is not a valid header value"))
         })
         .transpose()?;
+    let ca = opts
+        .upstream_ca_file
+        .as_deref()
+        .map(|path| UpstreamCa::load(path, &upstream))
+        .transpose()?;
     Ok(Target {
         upstream,
+        ca,
         credential,
         run_id,
         connect_timeout: positive(

@@ -44,6 +44,7 @@ impl Forwarder {
         let limits = &common.limits;
         let Target {
             upstream,
+            ca,
             credential,
             run_id,
             connect_timeout,
@@ -52,7 +53,7 @@ impl Forwarder {
         if credential.is_none() {
             tracing::warn!("no upstream credential configured; requests are forwarded without one");
         }
-        let pool = pool::Pool::new(&upstream, connect_timeout);
+        let pool = pool::Pool::new(&upstream, ca.as_ref(), connect_timeout);
         Forwarder {
             pool,
             upstream,

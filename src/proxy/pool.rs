@@ -5,7 +5,8 @@
 //! the upstream is ever sent twice. Connections go back to the pool only after their response
 //! body was read to the end; anything else closes them. One upstream means one key, so the pool
 //! is a plain LIFO stack behind a mutex: no hashing, no per-request background task. An https
-//! upstream is reached over rustls, verified against the compiled-in Mozilla roots, HTTP/1.1 only.
+//! upstream is reached over rustls, verified against the compiled-in Mozilla roots (or, with
+//! `upstream_ca_file`, against that file's CAs instead), HTTP/1.1 only.
 
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -93,14 +94,20 @@ struct Tls {
 
 #[cfg(feature = "tls")]
 impl Tls {
-    fn for_upstream(upstream: &crate::config::Upstream) -> Option<Tls> {
+    fn for_upstream(
+        upstream: &crate::config::Upstream,
+        ca: Option<&crate::config::UpstreamCa>,
+    ) -> Option<Tls> {
         use std::sync::Arc;
         use tokio_rustls::rustls;
         if !upstream.is_https() {
             return None;
         }
-        let roots = rustls::RootCertStore {
-            roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+        let roots = match ca {
+            Some(ca) => ca.roots.clone(),
+            None => Arc::new(rustls::RootCertStore {
+                roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+            }),
         };
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut config = rustls::ClientConfig::builder_with_provider(provider)
@@ -131,14 +138,19 @@ impl std::fmt::Debug for Pool {
 }
 
 impl Pool {
-    pub fn new(upstream: &crate::config::Upstream, connect_timeout: Duration) -> Arc<Pool> {
+    /// `ca`: the CAs of `upstream_ca_file`, used instead of the built-in roots (https only).
+    pub fn new(
+        upstream: &crate::config::Upstream,
+        #[allow(unused_variables)] ca: Option<&crate::config::UpstreamCa>,
+        connect_timeout: Duration,
+    ) -> Arc<Pool> {
         Arc::new(Pool {
             authority: upstream.connect_address(),
             connect_timeout,
             idle: Mutex::new(Vec::new()),
             https: upstream.is_https(),
             #[cfg(feature = "tls")]
-            tls: Tls::for_upstream(upstream),
+            tls: Tls::for_upstream(upstream, ca),
         })
     }
 

@@ -15,12 +15,11 @@ use tokio::process::Command;
 
 use super::scripts::{self, Flow};
 use crate::config::Scrub;
+use crate::transport::diag::{describe_argv, summarize_stderr, StderrTail};
 
 /// Longest run of one command (docs/reference.md §6.1). The idle wait inside the sandbox is 5 s; the rest is
 /// room for a slow exec channel (a `kubectl exec` through a busy API server) and large bodies.
 pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
-/// Stderr kept for the log when a command fails; the rest is read and dropped.
-const STDERR_KEEP: usize = 2048;
 /// Bytes of stdout read at a time and handed to the sink: the only stdout buffer the relay holds
 /// for a running command.
 const STDOUT_CHUNK: usize = 64 * 1024;
@@ -56,8 +55,11 @@ pub struct Output {
     pub success: bool,
     /// How the command exited (`exit status: 1`, `signal: 9`).
     pub status: std::process::ExitStatus,
-    /// The start of stderr, for diagnostics (sandbox-controlled text: log it, never trust it).
+    /// The end of stderr, summarized for the log (`diag::summarize_stderr`: the last few lines,
+    /// no shell trace, no echo of the script; sandbox-controlled text: log it, never trust it).
     pub stderr: String,
+    /// The exec prefix as logged ([`Runner::describe`]).
+    pub command: String,
 }
 
 /// Why a sandbox command gave the relay nothing usable.
@@ -69,21 +71,52 @@ pub enum CommandFailure {
     /// stopped before its end.
     #[error("the {what} command was stopped: its output carried a file beyond the envelope or broken base64")]
     Stopped { what: &'static str },
-    /// It ran and failed, or its output ended early. `stderr` is sandbox-controlled text.
-    #[error("the {what} command failed ({status}): {stderr}")]
+    /// It ran and failed, or its output ended early. `command` is the exec prefix as logged
+    /// (never the script); `stderr` is sandbox-controlled text, summarized.
+    #[error("the {what} command ({command}) {}", failure_text(.status, .stderr))]
     Failed {
         what: &'static str,
+        command: String,
         status: std::process::ExitStatus,
         stderr: String,
     },
+}
+
+/// `failed (exit status: 1): <stderr>`, `failed (signal: 9 (SIGKILL); no stderr)`, or, for a
+/// command that exited 0 without finishing its output, `ended its output early (…)`.
+fn failure_text(status: &std::process::ExitStatus, stderr: &str) -> String {
+    let what = if status.success() {
+        "ended its output early"
+    } else {
+        "failed"
+    };
+    if stderr.is_empty() {
+        format!("{what} ({status}; no stderr)")
+    } else {
+        format!("{what} ({status}): {stderr}")
+    }
 }
 
 impl CommandFailure {
     pub fn failed(what: &'static str, out: &Output) -> CommandFailure {
         CommandFailure::Failed {
             what,
+            command: out.command.clone(),
             status: out.status,
-            stderr: out.stderr.trim().to_owned(),
+            stderr: out.stderr.clone(),
+        }
+    }
+
+    /// Whether the command was ended by SIGTERM, SIGINT or SIGHUP: what a supervisor, `timeout`
+    /// or Ctrl-C sends to the relay's whole process group when it stops the relay, so usually
+    /// part of an ordinary stop (the relay itself only ever kills with SIGKILL).
+    pub fn ended_by_stop_signal(&self) -> bool {
+        use std::os::unix::process::ExitStatusExt;
+        match self {
+            CommandFailure::Failed { status, .. } => {
+                matches!(status.signal(), Some(1) | Some(2) | Some(15))
+            }
+            _ => false,
         }
     }
 }
@@ -101,8 +134,11 @@ impl Runner {
         Runner { prefix, scrub }
     }
 
-    pub fn prefix(&self) -> &[String] {
-        &self.prefix
+    /// The exec prefix for logs and error messages: its arguments (never the script appended
+    /// to them), bounded, with the value of every `NAME=value` argument hidden (`-e KEY=…`,
+    /// `env VAR=…`: the prefix may set variables, and their values are not the log's business).
+    pub fn describe(&self) -> String {
+        describe_argv(&self.prefix)
     }
 
     /// Runs `prefix… script` with `stdin` (or none), keeping at most `stdout_cap` bytes of stdout.
@@ -138,6 +174,7 @@ impl Runner {
         stall: Option<Duration>,
         sink: &mut (dyn FnMut(&[u8]) -> Flow + Send),
     ) -> Result<Output, ExecError> {
+        // Kept after the spawn to recognize an echo of it in stderr (`sh -v`), never logged.
         let script = scripts::for_prefix(&self.prefix, script);
         let (program, args) = self
             .prefix
@@ -146,7 +183,7 @@ impl Runner {
             .unwrap_or(("sh", &[]));
         let mut cmd = Command::new(program);
         cmd.args(args)
-            .arg(script)
+            .arg(&script)
             .stdin(if stdin.is_some() {
                 Stdio::piped()
             } else {
@@ -200,7 +237,7 @@ impl Runner {
                 Ok::<_, ExecError>(())
             };
             let read_err = async {
-                let mut kept = Vec::new();
+                let mut tail = StderrTail::default();
                 if let Some(err) = stderr.as_mut() {
                     let mut chunk = [0u8; 1024];
                     loop {
@@ -208,11 +245,10 @@ impl Runner {
                         if n == 0 {
                             break;
                         }
-                        let room = STDERR_KEEP.saturating_sub(kept.len());
-                        kept.extend_from_slice(&chunk[..n.min(room)]);
+                        tail.push(&chunk[..n]);
                     }
                 }
-                Ok::<_, ExecError>(kept)
+                Ok::<_, ExecError>(tail)
             };
             let ((), err) = tokio::try_join!(read_out, read_err)?;
             let status = child.wait().await?;
@@ -237,6 +273,7 @@ impl Runner {
                     success: false,
                     status,
                     stderr: String::new(),
+                    command: self.describe(),
                 })
             }
             Ok(Err(e)) => {
@@ -244,12 +281,13 @@ impl Runner {
                 let _ = child.wait().await;
                 Err(e)
             }
-            Ok(Ok((stderr, status))) => Ok(Output {
+            Ok(Ok((tail, status))) => Ok(Output {
                 stdout: Vec::new(),
                 stopped: false,
                 success: status.success(),
                 status,
-                stderr: String::from_utf8_lossy(&stderr).into_owned(),
+                stderr: summarize_stderr(&tail, Some(&script)),
+                command: self.describe(),
             }),
         }
     }

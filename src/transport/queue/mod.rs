@@ -14,7 +14,7 @@
 //! Files: [`file`] wire format (shared), [`gateway`] sandbox side, [`relay`] host side,
 //! [`scripts`] the `sh` scripts and their output protocol, [`helper`] the same operations in
 //! this binary (`--sandbox-helper`), [`exec`] running one command with a time cap and a scrubbed
-//! environment.
+//! environment, [`presence`] whether a gateway is at the queue directory.
 
 pub(crate) mod exec;
 pub mod file;
@@ -22,5 +22,6 @@ pub(crate) mod gateway;
 pub(crate) mod helper;
 #[doc(hidden)]
 pub mod invariants;
+pub(crate) mod presence;
 pub(crate) mod relay;
 pub(crate) mod scripts;

@@ -28,6 +28,7 @@ use super::file::{
     self, decode_body, encode_body, envelope_limit, FileError, RelayAnnouncement, RequestFile,
     ResponseFile, CLAIMS_PROTOCOL,
 };
+use super::presence;
 use super::scripts::{self, Announcement, Ops, PutOutput, TakeOutput, TakeParams, Taken};
 use crate::body::{self, BodyError};
 use crate::config::QueueRelayConfig;
@@ -193,7 +194,13 @@ pub async fn run(config: QueueRelayConfig) -> Result<(), TransportError> {
         .unwrap_or_default(),
     });
 
-    let recovered = start_up(&core).await?;
+    // Whether a gateway is there yet (docs/reference.md §6.3), asked alongside the start-up.
+    let started = Instant::now();
+    let (recovered, gateway_ready) = tokio::join!(
+        start_up(&core),
+        presence::gateway_ready(&core.runner, &core.dir)
+    );
+    let recovered = recovered?;
     // Watchers (signal handlers included) exist before the ready line: a SIGTERM right after
     // readiness must stop the relay cleanly, not kill it.
     let (stop_tx, stop_rx) = mpsc::channel(4);
@@ -204,12 +211,15 @@ pub async fn run(config: QueueRelayConfig) -> Result<(), TransportError> {
         transport: &'static str,
         queue_dir: &'a str,
         pid: u32,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        gateway_ready: Option<bool>,
     }
     let line = serde_json::to_string(&ReadyLine {
         event: "ready",
         transport: "queue",
         queue_dir: &core.dir,
         pid: std::process::id(),
+        gateway_ready,
     })
     .unwrap_or_default();
     if let Some(path) = &common.lifecycle.ready_file {
@@ -219,11 +229,22 @@ pub async fn run(config: QueueRelayConfig) -> Result<(), TransportError> {
         })?;
     }
     print_line(&line)?;
-    tracing::info!(queue = %core.dir, prefix = ?core.runner.prefix(), to = %core.pipeline.dispatcher().describe(), "relay ready");
+    tracing::info!(queue = %core.dir, prefix = %core.runner.describe(), to = %core.pipeline.dispatcher().describe(), "relay ready");
 
+    if gateway_ready == Some(false) {
+        presence::log_absent_at_start(&core.dir);
+    }
+    let watcher = (gateway_ready != Some(true)).then(|| {
+        tokio::spawn(presence::watch(
+            core.runner.clone(),
+            core.dir.clone(),
+            started,
+        ))
+    });
     let mut lp = Loop::new(core.clone(), stop_rx, common.limits.drain_timeout);
     lp.accept(recovered, true);
     let outcome = lp.run().await;
+    watcher.inspect(JoinHandle::abort);
     let reason = outcome.as_ref().map_or(ExitReason::Transport, |r| *r);
     print_line(&metrics.exit_line(reason.as_str()))?;
     outcome.map(|_| ())
@@ -400,7 +421,19 @@ impl Loop {
 
     fn note_failure(&mut self, what: &str, error: CommandFailure) -> Result<(), TransportError> {
         let since = *self.failing_since.get_or_insert_with(Instant::now);
-        tracing::warn!(command = what, error = %error, "sandbox command failed");
+        // Stopping, or the first failure of its lane (take or put, which may both be running)
+        // by the signal that stops the relay's process group: part of an ordinary stop, not a
+        // fault (a repeat while not stopping is one: warned).
+        let first = if what == "put" {
+            self.put_failures
+        } else {
+            self.take_failures
+        } <= 1;
+        if self.stopping.is_some() || (first && error.ended_by_stop_signal()) {
+            tracing::info!(command = what, error = %error, "sandbox command ended");
+        } else {
+            tracing::warn!(command = what, error = %error, "sandbox command failed");
+        }
         if since.elapsed() >= TRANSPORT_LOSS_LIMIT {
             return Err(TransportError::SandboxLost {
                 secs: since.elapsed().as_secs(),

@@ -172,7 +172,8 @@ enum SessionError {
 /// Writes READY, runs the HTTP/2 client until the session ends, then reports the loss.
 async fn run_session(channel: Channel, state: watch::Sender<Session>, lost: oneshot::Sender<()>) {
     match drive_session(channel, &state).await {
-        Ok(()) => tracing::warn!("the relay closed the session"),
+        // A clean close is the relay's own doing (it is stopping): no fault to warn about.
+        Ok(()) => tracing::info!("the relay closed the session"),
         Err(e) => tracing::error!(error = %e, "the session with the relay failed"),
     }
     state.send_replace(Session::Lost);

@@ -50,6 +50,7 @@ use crate::policy::{Deny, DenyCode};
 use crate::proxy::Forwarder;
 use crate::server;
 use crate::telemetry::{Logged, Metrics};
+use crate::transport::diag::{self, StderrTail};
 use crate::transport::TransportError;
 
 /// Restarts allowed within [`RESTART_WINDOW`] before the relay gives up (exit 1): enough to ride
@@ -141,14 +142,20 @@ struct Launcher {
 }
 
 impl Launcher {
-    /// Spawns the command with its stdin and stdout piped to the relay (stderr is inherited: the
-    /// gateway's diagnostics appear in the relay's log) and hands it the token and `nonce`.
-    async fn spawn(&self, nonce: &str) -> std::io::Result<Child> {
+    /// The command as logged: its argv, bounded, `NAME=value` values hidden.
+    fn describe(&self) -> String {
+        diag::describe_argv(&self.argv)
+    }
+
+    /// Spawns the command with its stdin and stdout piped to the relay and hands it the token and
+    /// `nonce`. Its stderr is passed through to the relay's stderr (the gateway's diagnostics
+    /// appear in the relay's log) by a task that also keeps its end for the failure messages.
+    async fn spawn(&self, nonce: &str) -> std::io::Result<(Child, StderrWatch)> {
         let mut cmd = tokio::process::Command::new(&self.argv[0]);
         cmd.args(&self.argv[1..])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(Stdio::piped())
             .kill_on_drop(true);
         self.scrub.apply(&mut cmd);
         if self.mode == Handshake::Env {
@@ -156,6 +163,7 @@ impl Launcher {
                 .env(handshake::NONCE_ENV, nonce);
         }
         let mut child = cmd.spawn()?;
+        let stderr = StderrWatch::start(child.stderr.take());
         if self.mode == Handshake::Stdin {
             let line = handshake::encode_line(&self.token, nonce);
             if let Some(stdin) = child.stdin.as_mut() {
@@ -163,26 +171,118 @@ impl Launcher {
                 stdin.flush().await?;
             }
         }
-        Ok(child)
+        Ok((child, stderr))
+    }
+}
+
+/// The gateway command's stderr: copied to the relay's stderr as it arrives (in whole lines
+/// where they are shorter than the copy buffer, so they do not split the relay's own log lines),
+/// its end kept for the failure messages.
+struct StderrWatch {
+    tail: Arc<std::sync::Mutex<StderrTail>>,
+    done: tokio::sync::watch::Receiver<bool>,
+}
+
+impl StderrWatch {
+    fn start(stderr: Option<tokio::process::ChildStderr>) -> StderrWatch {
+        let tail = Arc::new(std::sync::Mutex::new(StderrTail::default()));
+        let (done_tx, done) = tokio::sync::watch::channel(false);
+        let kept = tail.clone();
+        tokio::spawn(async move {
+            use tokio::io::AsyncReadExt;
+            if let Some(mut err) = stderr {
+                let mut out = tokio::io::stderr();
+                let mut buf = vec![0u8; 8192];
+                let mut filled = 0;
+                loop {
+                    let n = match err.read(&mut buf[filled..]).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => n,
+                    };
+                    kept.lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push(&buf[filled..filled + n]);
+                    filled += n;
+                    // Whole lines go out; a partial one waits unless the buffer is full.
+                    let cut = match buf[..filled].iter().rposition(|b| *b == b'\n') {
+                        Some(i) => i + 1,
+                        None if filled == buf.len() => filled,
+                        None => continue,
+                    };
+                    // Flushed at once: tokio's stderr completes writes in the background.
+                    let _ = out.write_all(&buf[..cut]).await;
+                    let _ = out.flush().await;
+                    buf.copy_within(cut..filled, 0);
+                    filled -= cut;
+                }
+                if filled > 0 {
+                    let _ = out.write_all(&buf[..filled]).await;
+                    let _ = out.flush().await;
+                }
+            }
+            let _ = done_tx.send(true);
+        });
+        StderrWatch { tail, done }
+    }
+
+    /// The end of the command's stderr, once it closed it (waiting at most `grace`).
+    async fn summary(mut self, grace: Duration) -> String {
+        let _ = tokio::time::timeout(grace, self.done.wait_for(|d| *d)).await;
+        let tail = self.tail.lock().unwrap_or_else(|e| e.into_inner());
+        diag::summarize_stderr(&tail, None)
     }
 }
 
 /// A command whose READY line was accepted.
 struct Launched {
     child: Child,
+    stderr: StderrWatch,
     stdin: ChildStdin,
     stdout: ChildStdout,
     /// Bytes from the HTTP/2 preface on, read during the gate.
     prefix: Bytes,
 }
 
-/// Why the gateway command did not come up.
+/// Why the gateway command did not come up. `command` is the command as logged (bounded,
+/// `NAME=value` values hidden); `stderr` the end of its stderr, summarized.
 #[derive(Debug, thiserror::Error)]
 pub enum LaunchError {
-    #[error("cannot start the gateway command: {0}")]
-    Spawn(#[source] std::io::Error),
-    #[error("the gateway command was not accepted: {0}")]
-    Gate(#[source] GateError),
+    #[error("cannot start the gateway command ({command}): {source}")]
+    Spawn {
+        command: String,
+        source: std::io::Error,
+    },
+    #[error("the gateway command was not accepted ({command}): {source}{}", exit_suffix(.status, .stderr))]
+    Gate {
+        command: String,
+        source: GateError,
+        /// How it ended, when it ended by itself right after (it is killed otherwise).
+        status: Option<ExitStatus>,
+        stderr: String,
+    },
+}
+
+impl LaunchError {
+    fn is_nonce_mismatch(&self) -> bool {
+        matches!(
+            self,
+            LaunchError::Gate {
+                source: GateError::NonceMismatch,
+                ..
+            }
+        )
+    }
+}
+
+/// `; it exited (exit status: 1): <stderr>`, `; it exited (signal: 9 (SIGKILL); no stderr)`,
+/// or, for a command that was killed, `; its stderr: <stderr>` (or nothing).
+fn exit_suffix(status: &Option<ExitStatus>, stderr: &str) -> String {
+    match (status, stderr.is_empty()) {
+        (Some(status), true) => format!("; it exited ({status}; no stderr)"),
+        (Some(status), false) => format!("; it exited ({status}): {stderr}"),
+        (None, true) => String::new(),
+        (None, false) => format!("; its stderr: {stderr}"),
+    }
 }
 
 enum SessionEnd {
@@ -253,22 +353,23 @@ impl Supervisor {
                 launched = launch(&self.launcher, &nonce) => launched,
                 reason = self.stop_rx.recv() => return Ok(reason.unwrap_or(ExitReason::Signal)),
             };
+            // A lost channel is warned about only when the relay restarts the command: a stop
+            // signal sent to the relay's whole process group (a supervisor, `timeout`, Ctrl-C)
+            // ends the gateway too, and that loss is part of the stop.
+            let mut lost = None;
             match launched {
                 Ok(launched) => {
                     self.announce()?;
                     let Launched {
                         mut child,
+                        stderr,
                         stdin,
                         stdout,
                         prefix,
                     } = launched;
                     let end = self.serve_session(&mut child, stdin, stdout, prefix).await;
                     let grace = match &end {
-                        SessionEnd::Stopped(_) => CHILD_EXIT_GRACE,
-                        SessionEnd::Lost(why) => {
-                            tracing::warn!(reason = %why, "the stdio channel to the gateway was lost");
-                            CHILD_EXIT_GRACE
-                        }
+                        SessionEnd::Stopped(_) | SessionEnd::Lost(_) => CHILD_EXIT_GRACE,
                         // A frozen or hostile command will not exit by itself: kill it at once.
                         SessionEnd::Faulted(fault) => {
                             tracing::warn!(
@@ -280,28 +381,63 @@ impl Supervisor {
                         }
                     };
                     reap(child, grace).await;
-                    if let SessionEnd::Stopped(reason) = end {
-                        return Ok(reason);
+                    match end {
+                        SessionEnd::Stopped(reason) => {
+                            // Its last lines (its exit line) reach the log before the relay's.
+                            let _ = stderr.summary(CHILD_EXIT_GRACE).await;
+                            return Ok(reason);
+                        }
+                        SessionEnd::Lost(why) => {
+                            let stderr = stderr.summary(CHILD_EXIT_GRACE).await;
+                            lost = Some(if stderr.is_empty() {
+                                why
+                            } else {
+                                format!("{why}; its stderr: {stderr}")
+                            });
+                        }
+                        SessionEnd::Faulted(_) => {}
                     }
                 }
                 // A foreign READY is never retried: something other than our gateway answers.
-                Err(e @ LaunchError::Gate(GateError::NonceMismatch)) => {
-                    return Err(TransportError::Launch(e));
-                }
+                Err(e) if e.is_nonce_mismatch() => return Err(TransportError::Launch(e)),
                 // The first launch failing means the command is wrong: say so at once.
                 Err(e) if self.ready_line.is_some() => return Err(TransportError::Launch(e)),
                 Err(e) => tracing::warn!(error = %e, "restarting the gateway command failed"),
             }
-            let backoff = self.restarts.next_backoff()?;
+            let warn_lost = |lost: Option<String>| {
+                if let Some(why) = lost {
+                    tracing::warn!(reason = %why, "the stdio channel to the gateway was lost");
+                }
+            };
+            if let Ok(reason) = self.stop_rx.try_recv() {
+                if let Some(why) = lost {
+                    tracing::info!(reason = %why, "the stdio channel to the gateway ended with the stop");
+                }
+                return Ok(reason);
+            }
+            let backoff = match self.restarts.next_backoff() {
+                Ok(backoff) => backoff,
+                Err(e) => {
+                    warn_lost(lost);
+                    return Err(e);
+                }
+            };
+            tokio::select! {
+                biased;
+                reason = self.stop_rx.recv() => {
+                    if let Some(why) = lost {
+                        tracing::info!(reason = %why, "the stdio channel to the gateway ended with the stop");
+                    }
+                    return Ok(reason.unwrap_or(ExitReason::Signal));
+                }
+                () = tokio::time::sleep(backoff) => {}
+            }
+            warn_lost(lost);
             tracing::info!(
                 backoff_ms = backoff.as_millis() as u64,
                 restart = self.restarts.len(),
                 "restarting the gateway command"
             );
-            tokio::select! {
-                () = tokio::time::sleep(backoff) => {}
-                reason = self.stop_rx.recv() => return Ok(reason.unwrap_or(ExitReason::Signal)),
-            }
         }
     }
 
@@ -373,21 +509,38 @@ impl Supervisor {
 
 /// Spawns the command and waits for its READY line.
 async fn launch(launcher: &Launcher, nonce: &str) -> Result<Launched, LaunchError> {
-    let mut child = launcher.spawn(nonce).await.map_err(LaunchError::Spawn)?;
+    let spawn_error = |source| LaunchError::Spawn {
+        command: launcher.describe(),
+        source,
+    };
+    let (mut child, stderr) = launcher.spawn(nonce).await.map_err(spawn_error)?;
     let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
-        return Err(LaunchError::Spawn(std::io::Error::other("stdio not piped")));
+        return Err(spawn_error(std::io::Error::other("stdio not piped")));
     };
     match ready::await_ready(stdout, nonce).await {
         Ok((stdout, prefix)) => Ok(Launched {
             child,
+            stderr,
             stdin,
             stdout,
             prefix,
         }),
         Err(e) => {
             drop(stdin);
-            reap(child, Duration::ZERO).await;
-            Err(LaunchError::Gate(e))
+            // A command that closed its stdout has usually exited: say how. Anything else (a
+            // wrong READY, a timeout) is killed at once.
+            let grace = if matches!(e, GateError::ChannelClosed) {
+                CHILD_EXIT_GRACE
+            } else {
+                Duration::ZERO
+            };
+            let status = reap(child, grace).await;
+            Err(LaunchError::Gate {
+                command: launcher.describe(),
+                source: e,
+                status,
+                stderr: stderr.summary(CHILD_EXIT_GRACE).await,
+            })
         }
     }
 }
@@ -400,15 +553,16 @@ fn exit_text(status: std::io::Result<ExitStatus>) -> String {
 }
 
 /// Waits up to `grace` for the command to exit by itself (its stdin is closed by now), then
-/// kills it.
-async fn reap(mut child: Child, grace: Duration) {
+/// kills it. Returns how it exited when it did so by itself.
+async fn reap(mut child: Child, grace: Duration) -> Option<ExitStatus> {
     if let Ok(Ok(status)) = tokio::time::timeout(grace, child.wait()).await {
         tracing::debug!(%status, "the gateway command exited");
-        return;
+        return Some(status);
     }
     let _ = child.start_kill();
     // SIGKILL of our own child is reaped at once; the bound only guards against the impossible.
     let _ = tokio::time::timeout(CHILD_EXIT_GRACE, child.wait()).await;
+    None
 }
 
 /// The HTTP/2 server. Its keep-alive follows the stall timeout (a PING after a quarter of it
