@@ -788,7 +788,12 @@ fn listener(opts: &ListenOptions) -> Result<Listener, ConfigError> {
 }
 
 fn target(opts: &UpstreamOptions, env: Env<'_>) -> Result<Target, ConfigError> {
-    let upstream = Upstream::parse(opts.upstream.as_deref().unwrap_or(DEFAULT_UPSTREAM))?;
+    let upstream = match &opts.upstream {
+        Some(url) => Upstream::parse(url)?,
+        None => Upstream::parse(
+            &upstream::from_paperclip_listen(env)?.unwrap_or_else(|| DEFAULT_UPSTREAM.into()),
+        )?,
+    };
     let header_name = opts
         .upstream_auth_header
         .as_deref()
@@ -1243,6 +1248,60 @@ mod tests {
             "/x"
         ])
         .is_err());
+    }
+
+    #[test]
+    fn the_default_upstream_follows_paperclips_listen_variables_below_explicit_settings() {
+        fn upstream_of(args: &[&str], env: &'static [(&'static str, &'static str)]) -> String {
+            let mut argv = vec!["relay", "--transport", "stdio"];
+            argv.extend_from_slice(args);
+            argv.extend_from_slice(&["--", "true"]);
+            match load(parse(&argv), &env_of(env)) {
+                Ok(Run::Role(Role::StdioRelay(c))) => c.target.upstream.display(),
+                Ok(_) => panic!("not a stdio relay"),
+                Err(e) => format!("error: {e}"),
+            }
+        }
+        let both = &[
+            ("PAPERCLIP_LISTEN_HOST", "0.0.0.0"),
+            ("PAPERCLIP_LISTEN_PORT", "4100"),
+            ("HOST", "10.9.9.9"),
+            ("PORT", "9"),
+        ];
+        assert_eq!(upstream_of(&[], &[]), DEFAULT_UPSTREAM);
+        assert_eq!(upstream_of(&[], both), "http://127.0.0.1:4100");
+        assert_eq!(
+            upstream_of(&[], &[("HOST", "::"), ("PORT", "5100")]),
+            "http://[::1]:5100"
+        );
+        assert_eq!(
+            upstream_of(&[], &[("PAPERCLIP_LISTEN_HOST", "::1"), ("PORT", "5100")]),
+            "http://[::1]:5100"
+        );
+        assert_eq!(
+            upstream_of(&[], &[("PAPERCLIP_LISTEN_PORT", "4200")]),
+            "http://127.0.0.1:4200"
+        );
+        assert_eq!(
+            upstream_of(&[], &[("HOST", "paperclip.internal")]),
+            "http://paperclip.internal:3100"
+        );
+        // A flag wins over all of them.
+        assert_eq!(
+            upstream_of(&["--upstream", "http://127.0.0.1:7000"], both),
+            "http://127.0.0.1:7000"
+        );
+        for bad in [
+            &[("PAPERCLIP_LISTEN_PORT", "http")][..],
+            &[("PORT", "0")][..],
+            &[("HOST", "a/b")][..],
+        ] {
+            let err = upstream_of(&[], bad);
+            assert!(
+                err.starts_with("error: ") && err.contains(bad[0].0),
+                "{err}"
+            );
+        }
     }
 
     #[test]
