@@ -338,7 +338,8 @@ fn the_default_upstream_comes_from_paperclips_listen_variables_ranked_below_ours
         ("CALLBACK_BRIDGE_TOKEN", BRIDGE_TOKEN),
         ("CALLBACK_BRIDGE_UPSTREAM_TOKEN", UPSTREAM_TOKEN),
     ];
-    let cases: [(&str, Vec<&str>, Vec<(&str, &str)>); 6] = [
+    type Case<'a> = (&'a str, Vec<&'a str>, Vec<(&'a str, &'a str)>);
+    let cases: [Case; 6] = [
         (
             "PAPERCLIP_LISTEN_*",
             vec![],
