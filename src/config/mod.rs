@@ -651,6 +651,27 @@ fn paperclip_gateway_aliases(
     Ok(())
 }
 
+/// The body limit Paperclip derives from its attachment limit, for a role whose
+/// `max_body_bytes` nothing else set: `PAPERCLIP_ATTACHMENT_MAX_BYTES` plus 64 KiB of multipart
+/// framing, never below the default (docs/reference.md §6.4). Like Paperclip's bridge, it is the
+/// one limit of every route and of responses: the API enforces the attachment limit itself.
+fn attachment_body_limit(env: Env<'_>) -> Result<Option<u64>, ConfigError> {
+    const KEY: &str = "PAPERCLIP_ATTACHMENT_MAX_BYTES";
+    let Some(v) = env_nonempty(env, KEY) else {
+        return Ok(None);
+    };
+    match v.trim().parse::<u64>() {
+        Ok(n) if n > 0 => Ok(Some(
+            n.saturating_add(MULTIPART_HEADROOM_BYTES)
+                .max(DEFAULT_MAX_BODY_BYTES),
+        )),
+        _ => Err(invalid(KEY, format!("{v:?} is not a positive number"))),
+    }
+}
+
+/// What a multipart upload adds to its file: boundaries, part headers, the small JSON field.
+const MULTIPART_HEADROOM_BYTES: u64 = 64 * 1024;
+
 /// The stdio gateway's token and nonce from the environment (`--handshake env`).
 fn stdio_handshake_from_env(
     common: &CommonOptions,
@@ -1300,6 +1321,53 @@ mod tests {
             assert!(
                 err.starts_with("error: ") && err.contains(bad[0].0),
                 "{err}"
+            );
+        }
+    }
+
+    #[test]
+    fn paperclips_attachment_limit_raises_the_default_body_limit_only() {
+        fn limit(args: &[&str], env: &'static [(&'static str, &'static str)]) -> String {
+            let mut argv = vec!["relay", "--transport", "stdio"];
+            argv.extend_from_slice(args);
+            argv.extend_from_slice(&["--", "true"]);
+            match load(parse(&argv), &env_of(env)) {
+                Ok(Run::Role(Role::StdioRelay(c))) => c.common.limits.max_body_bytes.to_string(),
+                Ok(_) => panic!("not a stdio relay"),
+                Err(e) => format!("error: {e}"),
+            }
+        }
+        let twenty = &[("PAPERCLIP_ATTACHMENT_MAX_BYTES", "20971520")];
+        assert_eq!(limit(&[], twenty), (20971520 + 65536).to_string());
+        // Never lowers the default.
+        assert_eq!(
+            limit(&[], &[("PAPERCLIP_ATTACHMENT_MAX_BYTES", "1024")]),
+            DEFAULT_MAX_BODY_BYTES.to_string()
+        );
+        // An explicit limit wins.
+        assert_eq!(limit(&["--max-body-bytes", "4096"], twenty), "4096");
+        let gateway = load(
+            parse(&["gateway", "--transport", "queue", "--queue-dir", "/tmp/q"]),
+            &env_of(&[
+                ("PAPERCLIP_ATTACHMENT_MAX_BYTES", "20971520"),
+                ("PAPERCLIP_BRIDGE_MAX_BODY_BYTES", "2048"),
+                ("CALLBACK_BRIDGE_TOKEN", "t0123456789abcdef0123456789abcdef"),
+            ]),
+        );
+        let Ok(Run::Role(Role::QueueGateway(c))) = gateway else {
+            panic!("not a queue gateway");
+        };
+        assert_eq!(c.common.limits.max_body_bytes, 2048);
+        for bad in ["0", "-1", "ten"] {
+            let env: &'static [(&'static str, &'static str)] = match bad {
+                "0" => &[("PAPERCLIP_ATTACHMENT_MAX_BYTES", "0")],
+                "-1" => &[("PAPERCLIP_ATTACHMENT_MAX_BYTES", "-1")],
+                _ => &[("PAPERCLIP_ATTACHMENT_MAX_BYTES", "ten")],
+            };
+            let err = limit(&[], env);
+            assert!(
+                err.contains("PAPERCLIP_ATTACHMENT_MAX_BYTES"),
+                "{bad}: {err}"
             );
         }
     }
