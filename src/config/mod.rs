@@ -137,6 +137,7 @@ pub enum Role {
     StdioGateway(StdioGatewayConfig),
     QueueRelay(QueueRelayConfig),
     StdioRelay(StdioRelayConfig),
+    AutoRelay(AutoRelayConfig),
 }
 
 impl Role {
@@ -147,6 +148,7 @@ impl Role {
             Role::StdioGateway(c) => &c.common.log,
             Role::QueueRelay(c) => &c.common.log,
             Role::StdioRelay(c) => &c.common.log,
+            Role::AutoRelay(c) => &c.stdio.common.log,
         }
     }
 }
@@ -265,6 +267,21 @@ pub struct QueueRelayConfig {
     pub command: Vec<String>,
     /// Variables no command the relay runs inherits.
     pub scrub: Scrub,
+    /// Set when `--transport auto` fell back to the queue: why the stdio channel did not start
+    /// (shown on the readiness line).
+    pub fallback_reason: Option<&'static str>,
+}
+
+/// `relay --transport auto`: the stdio relay, whose command is the exec prefix followed by the
+/// gateway script; when that channel cannot start, a queue relay with the same upstream, policy
+/// and limits, the prefix and the queue directory (docs/reference.md §6.5).
+#[derive(Debug)]
+pub struct AutoRelayConfig {
+    pub stdio: StdioRelayConfig,
+    pub queue_dir: String,
+    pub sandbox_helper: Option<String>,
+    /// The exec prefix alone (the stdio command without the script).
+    pub prefix: Vec<String>,
 }
 
 /// `relay --transport stdio`.
@@ -368,6 +385,12 @@ fn gateway(args: GatewayArgs, env: Env<'_>) -> Result<Role, ConfigError> {
     let listen = listen.or(file.group()?);
     let transport = transport.or(file.group()?);
     let kind = transport_kind(transport.transport, env)?;
+    if kind == TransportKind::Auto {
+        return Err(ConfigError::Refused(
+            "--transport auto is for the relay; a gateway runs one transport (queue or stdio)"
+                .into(),
+        ));
+    }
     let response_timeout = match transport.response_timeout {
         Some(d) if d.0.is_zero() => {
             return Err(invalid("response_timeout", "must be greater than zero"))
@@ -430,6 +453,7 @@ fn gateway(args: GatewayArgs, env: Env<'_>) -> Result<Role, ConfigError> {
                 response_timeout,
             }))
         }
+        TransportKind::Auto => unreachable!("refused above"),
     }
 }
 
@@ -466,26 +490,61 @@ fn relay(args: RelayArgs, env: Env<'_>) -> Result<Role, ConfigError> {
                 "relay --transport stdio needs the command that starts the gateway after `--`"
                     .into()
             }
+            TransportKind::Auto => {
+                "relay --transport auto needs the exec prefix after `--` (e.g. `-- sh -c`)".into()
+            }
         }));
     }
     let target = target(&upstream, env)?;
+    let queue_dir = || -> Result<String, ConfigError> {
+        let dir = transport
+            .queue_dir
+            .as_ref()
+            .ok_or_else(|| invalid("queue_dir", "is required (--queue-dir)"))?;
+        Ok(dir
+            .to_str()
+            .filter(|d| !d.is_empty() && !d.contains('\0'))
+            .ok_or_else(|| invalid("queue_dir", "must be UTF-8 text"))?
+            .to_owned())
+    };
+    let sandbox_helper = transport.sandbox_helper.clone().filter(|p| !p.is_empty());
     match kind {
-        TransportKind::Queue => {
-            let dir = transport
-                .queue_dir
-                .ok_or_else(|| invalid("queue_dir", "is required (--queue-dir)"))?;
-            let queue_dir = dir
-                .to_str()
-                .filter(|d| !d.is_empty() && !d.contains('\0'))
-                .ok_or_else(|| invalid("queue_dir", "must be UTF-8 text"))?
-                .to_owned();
-            Ok(Role::QueueRelay(QueueRelayConfig {
-                target,
-                common: common.validate()?,
+        TransportKind::Queue => Ok(Role::QueueRelay(QueueRelayConfig {
+            target,
+            common: common.validate()?,
+            queue_dir: queue_dir()?,
+            sandbox_helper,
+            command,
+            scrub,
+            fallback_reason: None,
+        })),
+        TransportKind::Auto => {
+            let queue_dir = queue_dir()?;
+            let script = transport
+                .gateway_script
+                .clone()
+                .filter(|s| !s.trim().is_empty())
+                .ok_or_else(|| {
+                    invalid(
+                        "gateway_script",
+                        "is required with --transport auto (--gateway-script)",
+                    )
+                })?;
+            let mut stdio_command = command.clone();
+            stdio_command.push(script);
+            Ok(Role::AutoRelay(AutoRelayConfig {
+                stdio: StdioRelayConfig {
+                    target,
+                    token: token_or_generate(load_token(&common.merged, env)?)?,
+                    common: common.validate()?,
+                    handshake: transport.handshake.unwrap_or(Handshake::Env),
+                    command: stdio_command,
+                    scrub,
+                    stall_timeout: stall_timeout(env)?,
+                },
                 queue_dir,
-                sandbox_helper: transport.sandbox_helper.filter(|p| !p.is_empty()),
-                command,
-                scrub,
+                sandbox_helper,
+                prefix: command,
             }))
         }
         TransportKind::Stdio => Ok(Role::StdioRelay(StdioRelayConfig {

@@ -170,6 +170,7 @@ pub async fn run(config: QueueRelayConfig) -> Result<(), TransportError> {
         sandbox_helper,
         command,
         scrub,
+        fallback_reason,
     } = config;
     let metrics = Arc::new(Metrics::default());
     let forwarder = Forwarder::new(target, &common, metrics.clone());
@@ -204,12 +205,16 @@ pub async fn run(config: QueueRelayConfig) -> Result<(), TransportError> {
         transport: &'static str,
         queue_dir: &'a str,
         pid: u32,
+        /// `--transport auto` only: why the stdio channel did not start.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        fallback_reason: Option<&'static str>,
     }
     let line = serde_json::to_string(&ReadyLine {
         event: "ready",
         transport: "queue",
         queue_dir: &core.dir,
         pid: std::process::id(),
+        fallback_reason,
     })
     .unwrap_or_default();
     if let Some(path) = &common.lifecycle.ready_file {

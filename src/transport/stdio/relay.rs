@@ -69,6 +69,30 @@ const FLUSH_GRACE: Duration = Duration::from_millis(500);
 /// `callback-bridge relay --transport stdio -- COMMAND…`: runs until a stop reason, then prints
 /// the exit line.
 pub async fn run(config: StdioRelayConfig) -> Result<(), TransportError> {
+    run_launched(config, None).await
+}
+
+/// A gateway command that was started and passed the READY gate, not yet served.
+pub struct FirstLaunch(Launched);
+
+/// Starts the gateway command once, as the relay's first launch would (`--transport auto` tries
+/// this before it commits to the stdio transport).
+pub async fn try_launch(config: &StdioRelayConfig) -> Result<FirstLaunch, LaunchError> {
+    let launcher = Launcher {
+        argv: config.command.clone(),
+        mode: config.handshake,
+        token: config.token.token.clone(),
+        scrub: config.scrub.clone(),
+    };
+    let nonce = handshake::generate_nonce().map_err(LaunchError::Spawn)?;
+    launch(&launcher, &nonce).await.map(FirstLaunch)
+}
+
+/// [`run`], serving `first` (from [`try_launch`]) as the first session when given.
+pub async fn run_launched(
+    config: StdioRelayConfig,
+    first: Option<FirstLaunch>,
+) -> Result<(), TransportError> {
     let StdioRelayConfig {
         target,
         token,
@@ -110,6 +134,7 @@ pub async fn run(config: StdioRelayConfig) -> Result<(), TransportError> {
         ready_file: common.lifecycle.ready_file.clone(),
         restarts: RestartBudget::default(),
         stall_timeout,
+        first: first.map(|f| f.0),
     };
     let outcome = supervisor.run().await;
     let reason = match &outcome {
@@ -185,6 +210,20 @@ pub enum LaunchError {
     Gate(#[source] GateError),
 }
 
+impl LaunchError {
+    /// A fixed word for why the channel did not start (`--transport auto`'s `fallback_reason`).
+    pub fn reason(&self) -> &'static str {
+        match self {
+            LaunchError::Spawn(_) => "spawn_failed",
+            LaunchError::Gate(GateError::Timeout(_)) => "ready_timeout",
+            LaunchError::Gate(GateError::ChannelClosed) => "exited_before_ready",
+            LaunchError::Gate(GateError::TooMuchOutput(_)) => "output_before_ready",
+            LaunchError::Gate(GateError::NonceMismatch) => "nonce_mismatch",
+            LaunchError::Gate(GateError::Io(_)) => "stdout_unreadable",
+        }
+    }
+}
+
 enum SessionEnd {
     /// The relay was told to stop.
     Stopped(ExitReason),
@@ -208,6 +247,8 @@ struct Supervisor {
     restarts: RestartBudget,
     /// See [`StdioRelayConfig::stall_timeout`].
     stall_timeout: Duration,
+    /// A session already launched (by [`try_launch`]), served before any launch of its own.
+    first: Option<Launched>,
 }
 
 /// The restarts of the current window: at most [`MAX_RESTARTS`] in [`RESTART_WINDOW`], each
@@ -248,10 +289,15 @@ impl RestartBudget {
 impl Supervisor {
     async fn run(&mut self) -> Result<ExitReason, TransportError> {
         loop {
-            let nonce = handshake::generate_nonce().map_err(TransportError::Nonce)?;
-            let launched = tokio::select! {
-                launched = launch(&self.launcher, &nonce) => launched,
-                reason = self.stop_rx.recv() => return Ok(reason.unwrap_or(ExitReason::Signal)),
+            let launched = match self.first.take() {
+                Some(launched) => Ok(launched),
+                None => {
+                    let nonce = handshake::generate_nonce().map_err(TransportError::Nonce)?;
+                    tokio::select! {
+                        launched = launch(&self.launcher, &nonce) => launched,
+                        reason = self.stop_rx.recv() => return Ok(reason.unwrap_or(ExitReason::Signal)),
+                    }
+                }
             };
             match launched {
                 Ok(launched) => {
