@@ -701,3 +701,28 @@ fn a_gateways_content_length_is_forwarded_and_a_false_one_refused() {
         }
     }
 }
+
+#[test]
+fn the_relay_answers_before_a_gateway_with_a_shorter_wait_gives_up() {
+    // The gateway waits 2 s; the relay's own upstream timeout is 30 s. The relay keeps a deadline
+    // a margin shorter than the gateway's wait, so the agent gets the relay's precise answer
+    // (504 upstream_timeout), not the gateway's 504 bridge_timeout.
+    let upstream = MockUpstream::start_with(Behaviour::Hang);
+    let relay = Relay::start(
+        &upstream,
+        RelayOptions {
+            gateway_args: &["--response-timeout", "2s"],
+            ..Default::default()
+        },
+    );
+    let got = Req::new("GET", "/api/agents/me")
+        .header("authorization", &relay.auth())
+        .send(relay.addr);
+    got.assert_bridge_error(504, "upstream_timeout");
+    let seen = upstream.wait_for_requests(1);
+    assert_eq!(
+        seen[0].header("x-callback-bridge-wait-ms"),
+        None,
+        "the wait header went upstream"
+    );
+}

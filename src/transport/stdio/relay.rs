@@ -484,6 +484,15 @@ async fn stream(
     req: Request<Incoming>,
 ) -> Response<Logged> {
     let (mut parts, body) = req.into_parts();
+    // Our gateway's wait: answer a margin before it (never forwarded, never policy-checked).
+    if let Some(wait) = parts.headers.remove(super::WAIT_HEADER) {
+        if let Some(ms) = wait.to_str().ok().and_then(|v| v.parse::<u64>().ok()) {
+            let wait = Duration::from_millis(ms);
+            parts
+                .extensions
+                .insert(super::UpstreamDeadline(super::relay_deadline(wait)));
+        }
+    }
     let mut response = if parts.headers.len() > MAX_HEADER_PAIRS {
         pipeline.reject(
             &parts.method,
