@@ -214,12 +214,12 @@ impl LaunchError {
     /// A fixed word for why the channel did not start (`--transport auto`'s `fallback_reason`).
     pub fn reason(&self) -> &'static str {
         match self {
-            LaunchError::Spawn(_) => "spawn_failed",
+            // Paperclip's host's words where the cause is the same (docs/paperclip-compatibility.md).
+            LaunchError::Spawn(_) | LaunchError::Gate(GateError::Io(_)) => "channel_open_failed",
             LaunchError::Gate(GateError::Timeout(_)) => "ready_timeout",
             LaunchError::Gate(GateError::ChannelClosed) => "exited_before_ready",
-            LaunchError::Gate(GateError::TooMuchOutput(_)) => "output_before_ready",
-            LaunchError::Gate(GateError::NonceMismatch) => "nonce_mismatch",
-            LaunchError::Gate(GateError::Io(_)) => "stdout_unreadable",
+            LaunchError::Gate(GateError::TooMuchOutput(_)) => "contaminated",
+            LaunchError::Gate(GateError::NonceMismatch) => "ready_nonce_mismatch",
         }
     }
 }
