@@ -136,3 +136,34 @@ fn auto_needs_a_queue_dir_and_a_gateway_script_and_gateways_refuse_it() {
         assert!(out.stderr.contains(needle), "{args:?}: {}", out.stderr);
     }
 }
+
+#[test]
+fn a_signal_during_the_stdio_attempt_stops_the_relay_cleanly() {
+    let upstream = MockUpstream::start();
+    let sandbox = Sandbox::new();
+    let queue = sandbox.queue_str();
+    // A command that never prints READY: the relay is still trying when the signal arrives.
+    let mut cmd = relay_command(
+        &upstream,
+        &[
+            "relay",
+            "--transport",
+            "auto",
+            "--queue-dir",
+            &queue,
+            "--gateway-script",
+            "exec sleep 60",
+            "--",
+            "sh",
+            "-c",
+        ],
+    );
+    cmd.env("CALLBACK_BRIDGE_TOKEN", BRIDGE_TOKEN);
+    let mut relay = Proc::spawn(cmd, "auto relay");
+    relay.wait_stderr_contains("trying the stdio transport", WAIT);
+    relay.sigterm();
+    let exit = relay.wait_exit_line(WAIT);
+    assert_eq!(exit["reason"], "signal", "{exit}");
+    assert!(relay.wait_exit().success());
+    assert_eq!(upstream.request_count(), 0);
+}

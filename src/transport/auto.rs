@@ -8,6 +8,9 @@
 //! why on its readiness line (`fallback_reason`) and in a log line (docs/reference.md §6.5).
 
 use crate::config::{AutoRelayConfig, QueueRelayConfig, StdioRelayConfig};
+use crate::lifecycle::ExitReason;
+use crate::server::print_line;
+use crate::telemetry::Metrics;
 use crate::transport::{queue, stdio, TransportError};
 
 /// Runs the relay: stdio if its first launch succeeds, the queue otherwise.
@@ -18,7 +21,17 @@ pub async fn run(config: AutoRelayConfig) -> Result<(), TransportError> {
         sandbox_helper,
         prefix,
     } = config;
-    let failure = match stdio::relay::try_launch(&stdio_config).await {
+    tracing::info!("trying the stdio transport");
+    let attempt = tokio::select! {
+        attempt = stdio::relay::try_launch(&stdio_config) => attempt,
+        () = terminated() => {
+            // Stopped before either transport was ready: no readiness line, an exit line.
+            tracing::info!(reason = ExitReason::Signal.as_str(), "relay stopped");
+            print_line(&Metrics::default().exit_line(ExitReason::Signal.as_str()))?;
+            return Ok(());
+        }
+    };
+    let failure = match attempt {
         Ok(first) => return stdio::relay::run_launched(stdio_config, Some(first)).await,
         Err(e) => e,
     };
@@ -44,4 +57,22 @@ pub async fn run(config: AutoRelayConfig) -> Result<(), TransportError> {
         fallback_reason: Some(reason),
     })
     .await
+}
+
+/// Resolves on SIGTERM or SIGINT (while the stdio launch is tried; the chosen relay then installs
+/// its own handlers).
+async fn terminated() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => std::future::pending().await,
+    }
 }
