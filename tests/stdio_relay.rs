@@ -673,13 +673,33 @@ fn a_gateways_content_length_is_forwarded_and_a_false_one_refused() {
     assert_eq!(seen.header("content-length"), Some(body.len().to_string()));
     assert_eq!(seen.header("transfer-encoding"), None);
 
-    // No length (Paperclip's own gateway sends none): the body streams chunked.
+    // No length (Paperclip's own gateway sends none): a body that ends within 64 KiB is read
+    // whole and forwarded with its length, as Paperclip's host does; a longer one streams chunked.
     let (_relay, agent) = node_gateway_relay(&upstream, "");
     assert_eq!(upload(agent).status, 201);
     let seen = upstream.wait_for_body_end(1);
     assert!(seen.body == body && seen.body_complete);
     assert_eq!(seen.header("content-length"), None);
     assert_eq!(seen.header("transfer-encoding").as_deref(), Some("chunked"));
+    let comment = br#"{"body":"short"}"#;
+    let got = request(
+        agent,
+        "POST",
+        "/api/issues/i1/comments",
+        &[
+            ("authorization", &auth),
+            ("content-type", "application/json"),
+        ],
+        comment,
+    );
+    assert_eq!(got.status, 201, "{}", String::from_utf8_lossy(&got.body));
+    let seen = upstream.wait_for_body_end(2);
+    assert_eq!(seen.body, comment);
+    assert_eq!(
+        seen.header("content-length"),
+        Some(comment.len().to_string())
+    );
+    assert_eq!(seen.header("transfer-encoding"), None);
 
     // A length the bytes do not match: the relay's HTTP/2 layer resets the stream (the Node
     // gateway answers its agent 502), and no body arrives complete upstream.

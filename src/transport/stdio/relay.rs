@@ -524,8 +524,10 @@ async fn stream(
     response
 }
 
-/// Gives an HTTP/2 request the framing the policy reads: for a stream without `Content-Length`, `transfer-encoding: chunked` when (and only when) it carries
-/// a body (HTTP/2 has no Transfer-Encoding). Only a stream with the bridge token is read from.
+/// Gives an HTTP/2 request the framing the policy reads. For a stream without `Content-Length`
+/// (HTTP/2 has no Transfer-Encoding): none when it carries no body; `Content-Length` when its body
+/// ended within the first [`peek::WHOLE_UP_TO`] bytes; `transfer-encoding: chunked` otherwise. Only
+/// a stream with the bridge token is read from.
 async fn http2_body(
     pipeline: &Pipeline<Forwarder>,
     parts: &mut http::request::Parts,
@@ -540,6 +542,11 @@ async fn http2_body(
     }
     match peek::peek(body, idle).await {
         PeekOutcome::Empty(body) => Ok(body),
+        PeekOutcome::Whole(body, len) => {
+            // Read to its end: forwarded with its length, as Paperclip's host does.
+            parts.headers.insert(CONTENT_LENGTH, HeaderValue::from(len));
+            Ok(body)
+        }
         PeekOutcome::Body(body) => {
             parts
                 .headers
