@@ -258,6 +258,8 @@ pub enum TransportKind {
     Queue,
     /// HTTP/2 over a long-running command's stdin/stdout (Paperclip `http2_v1`).
     Stdio,
+    /// Relay only: stdio when its gateway command starts, else the queue (docs/reference.md §6.5).
+    Auto,
 }
 
 /// How the stdio gateway receives its bridge token and nonce.
@@ -340,6 +342,11 @@ option_group! {
         /// stdin first (then run the gateway with --handshake stdin) [default: env]
         #[arg(long, env = "CALLBACK_BRIDGE_HANDSHAKE", value_name = "HOW")]
         pub handshake: Option<Handshake>,
+        /// With --transport auto: the script that starts the stdio gateway, given to the exec
+        /// prefix after `--` as its last argument (e.g. `exec callback-bridge gateway --transport
+        /// stdio --handshake stdin --listen 127.0.0.1:41200`)
+        #[arg(long, env = "CALLBACK_BRIDGE_GATEWAY_SCRIPT", value_name = "SCRIPT")]
+        pub gateway_script: Option<String>,
         /// More variables the commands the relay runs must not inherit, comma-separated (always
         /// removed: CALLBACK_BRIDGE_*, the configured credential and token variables,
         /// PAPERCLIP_API_KEY, PAPERCLIP_API_KEY_FILE, PAPERCLIP_BRIDGE_TOKEN/_NONCE)
@@ -357,8 +364,8 @@ pub struct RelayArgs {
     pub upstream: UpstreamOptions,
     #[command(flatten)]
     pub common: CommonOptions,
-    /// The exec prefix (queue: e.g. `sh -c`, `docker exec -i C sh -c`) or the command that starts
-    /// the gateway (stdio), after `--`
+    /// The exec prefix (queue, auto: e.g. `sh -c`, `docker exec -i C sh -c`) or the command that
+    /// starts the gateway (stdio), after `--`
     #[arg(last = true, required = true, value_name = "COMMAND")]
     pub command: Vec<String>,
 }

@@ -66,6 +66,7 @@ pub async fn run_role(role: Role) -> Result<(), RoleError> {
         Role::StdioGateway(c) => Ok(transport::stdio::gateway::run(c).await?),
         Role::QueueRelay(c) => Ok(transport::queue::relay::run(c).await?),
         Role::StdioRelay(c) => Ok(transport::stdio::relay::run(c).await?),
+        Role::AutoRelay(c) => Ok(transport::auto::run(c).await?),
     }
 }
 

@@ -8,6 +8,8 @@
 //! line is printed. The listener is loopback TCP or a Unix socket (`unix_socket`); on a socket
 //! with a peer allow-list, a connection from any other uid/gid is closed before a byte is read
 //! (counted and logged), so a process outside the agent's identity never reaches the token check.
+//! An answer given before the request body was read to its end is followed by a bounded
+//! read-and-discard of the rest ([`LingeringBody`]), so a client still writing sees the answer.
 
 use std::convert::Infallible;
 use std::io::Write;
@@ -15,6 +17,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -427,8 +430,9 @@ impl<D: Dispatch> Connection<'_, D> {
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let pipeline = self.pipeline.clone();
-        let service = service_fn(move |req| {
+        let service = service_fn(move |req: http::Request<Incoming>| {
             let pipeline = pipeline.clone();
+            let req = req.map(LingeringBody::new);
             async move { Ok::<_, Infallible>(pipeline.handle(req.into()).await) }
         });
         let conn = self.http.serve_connection(TokioIo::new(stream), service);
@@ -456,3 +460,94 @@ async fn drain(conns: &mut JoinSet<()>) {
 /// line) must fit, and body chunks are passed on at this size rather than buffered whole, which
 /// keeps memory per connection flat under large uploads.
 const SERVER_READ_BUFFER: usize = 48 * 1024;
+
+/// Most request-body bytes read and discarded after the bridge stopped reading an agent's body
+/// early (docs/reference.md §4.1): enough for an upload a few times the default body limit, so a
+/// client that writes its whole body before reading (Node's `http`, `fetch`) sees the answer.
+pub const LINGER_MAX_BYTES: u64 = 64 * 1024 * 1024;
+/// Longest time spent reading and discarding that rest, from the moment the bridge let go of it.
+pub const LINGER_MAX_TIME: Duration = Duration::from_secs(10);
+
+/// The agent's request body on every agent-facing role. When whoever reads it (the pipeline, a
+/// dispatcher, the upstream client) lets go of it before its end — a denial such as 413
+/// `body_too_large`, a body that grew past the limit, an upstream that answered early — the rest
+/// is read and discarded, up to [`LINGER_MAX_BYTES`] and [`LINGER_MAX_TIME`], before hyper may
+/// close the connection, like a lingering close. Without it the connection closes with unread
+/// bytes, the kernel resets it, and a client still writing gets `EPIPE` instead of the answer.
+/// Nothing read here goes anywhere.
+pub struct LingeringBody {
+    inner: Option<Incoming>,
+    ended: bool,
+}
+
+impl LingeringBody {
+    fn new(inner: Incoming) -> LingeringBody {
+        LingeringBody {
+            inner: Some(inner),
+            ended: false,
+        }
+    }
+}
+
+impl http_body::Body for LingeringBody {
+    type Data = bytes::Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, hyper::Error>>> {
+        let Some(inner) = self.inner.as_mut() else {
+            return std::task::Poll::Ready(None);
+        };
+        let polled = std::pin::Pin::new(inner).poll_frame(cx);
+        if matches!(polled, std::task::Poll::Ready(None | Some(Err(_)))) {
+            self.ended = true;
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.ended || self.inner.as_ref().map_or(true, |b| b.is_end_stream())
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner
+            .as_ref()
+            .map_or_else(|| http_body::SizeHint::with_exact(0), |b| b.size_hint())
+    }
+}
+
+impl Drop for LingeringBody {
+    fn drop(&mut self) {
+        use http_body::Body;
+        let Some(body) = self.inner.take() else {
+            return;
+        };
+        if self.ended || body.is_end_stream() {
+            return;
+        }
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            handle.spawn(linger(body));
+        }
+    }
+}
+
+/// Reads and discards the rest of a body, within the linger bounds; returns the bytes discarded.
+async fn linger(mut body: Incoming) -> u64 {
+    use http_body_util::BodyExt;
+    let mut discarded = 0u64;
+    let read = async {
+        while let Some(Ok(frame)) = body.frame().await {
+            if let Some(data) = frame.data_ref() {
+                discarded += data.len() as u64;
+                if discarded >= LINGER_MAX_BYTES {
+                    break;
+                }
+            }
+        }
+    };
+    let _ = tokio::time::timeout(LINGER_MAX_TIME, read).await;
+    tracing::debug!(discarded, "agent's unread request body discarded");
+    discarded
+}

@@ -642,6 +642,102 @@ fn declared_body_over_the_limit_is_413_body_too_large(t: Transport) {
     );
 }
 
+across_transports!(oversized_upload_413_reaches_node_clients);
+fn oversized_upload_413_reaches_node_clients(t: Transport) {
+    // Node's `http` and `fetch` write the whole body before reading the answer; the bridge
+    // answers 413 before reading it, then reads and discards the rest (docs/reference.md §4.1),
+    // so the client sees the 413 instead of a broken pipe. Declared length and chunked, both; the
+    // body (16 MiB) is far more than the socket buffers hold.
+    let rig = Rig::start(t);
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/node_upload.mjs");
+    let mut cmd = std::process::Command::new("node");
+    cmd.arg(script)
+        .arg(rig.agent.url())
+        .arg(BRIDGE_TOKEN)
+        .arg(COMMENTS)
+        .arg((256 * MAX_BODY).to_string());
+    let out = run_command(cmd, WAIT);
+    assert!(out.status.success(), "{t:?}: node: {}", out.stderr);
+    let results: Vec<serde_json::Value> = out
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let expected = if t.unix() { 2 } else { 4 };
+    assert_eq!(results.len(), expected, "{t:?}: {}", out.stdout);
+    for r in &results {
+        assert_eq!(r["status"], 413, "{t:?}: {r}");
+        let body: serde_json::Value = serde_json::from_str(r["body"].as_str().unwrap()).unwrap();
+        assert_eq!(body["code"], "body_too_large", "{t:?}: {r}");
+    }
+    // Declared lengths are refused before a byte is read; a chunked body that grew past the
+    // limit may have started upstream (serve, stdio), but never arrives complete.
+    for i in 0..rig.upstream.request_count() {
+        let r = rig.upstream.wait_for_body_end(i);
+        assert!(
+            !r.body_complete && r.body.len() <= MAX_BODY,
+            "{t:?}: an over-limit body reached the upstream ({} bytes, complete: {})",
+            r.body.len(),
+            r.body_complete
+        );
+    }
+}
+
+across_transports!(client_that_keeps_sending_after_413_is_cut_off);
+fn client_that_keeps_sending_after_413_is_cut_off(t: Transport) {
+    // The rest of a refused body is discarded only up to a bound: a client that never stops
+    // sending gets its 413, then the connection is closed under it.
+    let rig = Rig::start(t);
+    let auth = format!("authorization: Bearer {BRIDGE_TOKEN}\r\n");
+    for framing in [
+        "content-length: 1000000000000",
+        "transfer-encoding: chunked",
+    ] {
+        let mut conn = RawConn::connect(rig.agent.addr);
+        let head = format!(
+            "POST {COMMENTS} HTTP/1.1\r\nhost: b\r\n{auth}content-type: application/json\r\n{framing}\r\n\r\n"
+        );
+        conn.write(head.as_bytes()).unwrap();
+        let mut writer = conn.writer().unwrap();
+        let chunked = framing.starts_with("transfer");
+        let sender = std::thread::spawn(move || {
+            let piece = vec![b'a'; 64 * 1024];
+            let piece = if chunked {
+                // One chunk, never the last one.
+                let mut c = format!("{:x}\r\n", piece.len()).into_bytes();
+                c.extend_from_slice(&piece);
+                c.extend_from_slice(b"\r\n");
+                c
+            } else {
+                piece
+            };
+            loop {
+                if let Err(e) = std::io::Write::write_all(&mut writer, &piece) {
+                    return e;
+                }
+            }
+        });
+        let resp = conn.read_response(false).unwrap();
+        resp.assert_bridge_error(413, "body_too_large");
+        let err = sender.join().unwrap();
+        assert!(
+            matches!(
+                err.kind(),
+                std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset
+            ),
+            "{t:?} {framing}: the bridge must close the connection, the writer got {err}"
+        );
+    }
+    for i in 0..rig.upstream.request_count() {
+        let r = rig.upstream.wait_for_body_end(i);
+        assert!(
+            !r.body_complete && r.body.len() <= MAX_BODY,
+            "{t:?}: an over-limit body reached the upstream ({} bytes)",
+            r.body.len()
+        );
+    }
+}
+
 across_transports!(body_on_a_get_is_400_bad_request);
 fn body_on_a_get_is_400_bad_request(t: Transport) {
     assert_denied(

@@ -124,3 +124,42 @@ fn stalled_request_body_is_cut_off_and_not_delivered_upstream() {
         }
     }
 }
+
+#[test]
+fn paperclips_attachment_limit_raises_the_body_limit() {
+    // docs/reference.md §6.4: PAPERCLIP_ATTACHMENT_MAX_BYTES + 64 KiB, when nothing else sets
+    // max_body_bytes. An 11 MiB upload is over the default limit and within a 12 MiB one.
+    let upstream = MockUpstream::start();
+    let content = pattern(11 * 1024 * 1024, 9);
+    let (content_type, body) = multipart_file("big.bin", &content);
+    let upload = |bridge: &Bridge| {
+        bridge.send(
+            Req::new("POST", "/api/companies/c1/issues/i1/attachments")
+                .bearer(BRIDGE_TOKEN)
+                .body(&content_type, body.clone()),
+        )
+    };
+
+    let bridge = Bridge::for_upstream(&upstream, &[]);
+    upload(&bridge).assert_bridge_error(413, "body_too_large");
+    assert_eq!(
+        upstream.request_count(),
+        0,
+        "the refused upload was forwarded"
+    );
+    drop(bridge);
+
+    let raised = (12 * 1024 * 1024).to_string();
+    let bridge = Bridge::for_upstream_env(
+        &upstream,
+        &[],
+        &[("PAPERCLIP_ATTACHMENT_MAX_BYTES", &raised)],
+    );
+    let resp = upload(&bridge);
+    assert!(resp.status < 300, "{}: {}", resp.status, resp.text());
+    let seen = upstream.wait_for_body_end(0);
+    assert!(
+        seen.body_complete && seen.body == body,
+        "upload arrived whole"
+    );
+}

@@ -321,3 +321,92 @@ fn sequential_requests_are_each_forwarded_exactly_once() {
         assert_eq!(r.target, format!("/api/issues/ISS-{i}"));
     }
 }
+
+#[test]
+fn the_default_upstream_comes_from_paperclips_listen_variables_ranked_below_ours() {
+    // docs/reference.md §2.1: flag > CALLBACK_BRIDGE_UPSTREAM > file > PAPERCLIP_LISTEN_HOST/PORT
+    // > HOST/PORT > http://127.0.0.1:3100.
+    let upstream = MockUpstream::start();
+    let url = upstream.url();
+    let port = url.rsplit(':').next().unwrap().to_owned();
+    let closed = closed_port().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("bridge.toml");
+    std::fs::write(&file, format!("upstream = \"{url}\"\n")).unwrap();
+    let file = file.to_str().unwrap();
+    let secrets = [
+        ("CALLBACK_BRIDGE_TOKEN", BRIDGE_TOKEN),
+        ("CALLBACK_BRIDGE_UPSTREAM_TOKEN", UPSTREAM_TOKEN),
+    ];
+    type Case<'a> = (&'a str, Vec<&'a str>, Vec<(&'a str, &'a str)>);
+    let cases: [Case; 6] = [
+        (
+            "PAPERCLIP_LISTEN_*",
+            vec![],
+            vec![
+                ("PAPERCLIP_LISTEN_HOST", "0.0.0.0"),
+                ("PAPERCLIP_LISTEN_PORT", &port),
+                ("PORT", &closed),
+            ],
+        ),
+        (
+            "HOST/PORT",
+            vec![],
+            vec![("HOST", "127.0.0.1"), ("PORT", &port)],
+        ),
+        (
+            "file over PAPERCLIP_LISTEN_*",
+            vec!["--config", file],
+            vec![("PAPERCLIP_LISTEN_PORT", &closed)],
+        ),
+        (
+            "CALLBACK_BRIDGE_UPSTREAM over PAPERCLIP_LISTEN_*",
+            vec![],
+            vec![
+                ("CALLBACK_BRIDGE_UPSTREAM", &url),
+                ("PAPERCLIP_LISTEN_PORT", &closed),
+            ],
+        ),
+        (
+            "flag over PAPERCLIP_LISTEN_*",
+            vec!["--upstream", &url],
+            vec![
+                ("PAPERCLIP_LISTEN_PORT", &closed),
+                ("HOST", "127.0.0.1"),
+                ("PORT", &closed),
+            ],
+        ),
+        (
+            "flag over CALLBACK_BRIDGE_UPSTREAM",
+            vec!["--upstream", &url],
+            vec![("CALLBACK_BRIDGE_UPSTREAM", "http://127.0.0.1:1")],
+        ),
+    ];
+    for (i, (what, args, env)) in cases.into_iter().enumerate() {
+        let mut env = env;
+        env.extend_from_slice(&secrets);
+        let bridge = Bridge::spawn(&args, &env);
+        let resp = bridge.get("/api/agents/me");
+        assert_eq!(resp.status, 200, "{what}: {}", resp.text());
+        assert_eq!(
+            upstream.request_count(),
+            i + 1,
+            "{what}: reached the mock upstream"
+        );
+    }
+    // A port that is not one is a configuration error (exit 2), naming the variable.
+    let out = run_bridge(
+        &["serve"],
+        &[
+            ("PAPERCLIP_LISTEN_PORT", "http"),
+            ("CALLBACK_BRIDGE_TOKEN", BRIDGE_TOKEN),
+        ],
+        WAIT,
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("PAPERCLIP_LISTEN_PORT"),
+        "{}",
+        out.stderr
+    );
+}

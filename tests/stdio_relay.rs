@@ -603,3 +603,146 @@ fn paperclips_key_names_and_named_variables_never_reach_the_gateway() {
         );
     }
 }
+
+#[test]
+fn a_body_with_a_declared_length_reaches_the_upstream_with_that_length() {
+    // Our gateway puts the agent's `content-length` on the stream; the relay forwards it, as
+    // Paperclip's host does, instead of re-framing the body as chunked.
+    let upstream = MockUpstream::app();
+    let relay = Relay::start(&upstream, RelayOptions::default());
+    let body = br#"{"body":"hello"}"#;
+    let got = Req::new("POST", "/api/issues/i1/comments")
+        .header("authorization", &relay.auth())
+        .json(std::str::from_utf8(body).unwrap())
+        .send(relay.addr);
+    assert_eq!(got.status, 201, "{}", got.text());
+    let seen = upstream.wait_for_body_end(0);
+    assert_eq!(seen.body, body);
+    assert_eq!(seen.header("content-length"), Some(body.len().to_string()));
+    assert_eq!(seen.header("transfer-encoding"), None);
+}
+
+/// The relay behind the Node stand-in for Paperclip's gateway, declaring `content-length` as
+/// `declare` says (see node_gateway.mjs); returns the relay and the agent's address.
+fn node_gateway_relay(upstream: &MockUpstream, declare: &str) -> (Proc, std::net::SocketAddr) {
+    let port = closed_port();
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/support/node_gateway.mjs"
+    );
+    let launch = format!(
+        "PAPERCLIP_BRIDGE_TOKEN=\"$CALLBACK_BRIDGE_TOKEN\" PAPERCLIP_BRIDGE_NONCE=\"$CALLBACK_BRIDGE_NONCE\" \
+         PAPERCLIP_BRIDGE_PORT={port} exec node '{script}'"
+    );
+    let mut cmd = relay_command(
+        upstream,
+        &["relay", "--transport", "stdio", "--", "sh", "-c", &launch],
+    );
+    cmd.env("CALLBACK_BRIDGE_TOKEN", BRIDGE_TOKEN)
+        .env("NODE_GATEWAY_CONTENT_LENGTH", declare);
+    let mut relay = Proc::spawn(cmd, "relay");
+    let ready = relay.next_json().expect("relay readiness line");
+    assert_eq!(ready["event"], "ready", "{ready}");
+    (relay, format!("127.0.0.1:{port}").parse().unwrap())
+}
+
+#[test]
+fn a_gateways_content_length_is_forwarded_and_a_false_one_refused() {
+    let upstream = MockUpstream::app();
+    let auth = format!("Bearer {BRIDGE_TOKEN}");
+    let body = pattern(100 * 1024 + 7, 5);
+    let upload = |agent| {
+        request(
+            agent,
+            "POST",
+            "/api/companies/c1/issues/i1/attachments",
+            &[
+                ("authorization", &auth),
+                ("content-type", "multipart/form-data; boundary=b"),
+            ],
+            &body,
+        )
+    };
+
+    // A true length: forwarded as given, no chunked framing.
+    let (_relay, agent) = node_gateway_relay(&upstream, "exact");
+    let got = upload(agent);
+    assert_eq!(got.status, 201, "{}", String::from_utf8_lossy(&got.body));
+    let seen = upstream.wait_for_body_end(0);
+    assert!(seen.body == body && seen.body_complete);
+    assert_eq!(seen.header("content-length"), Some(body.len().to_string()));
+    assert_eq!(seen.header("transfer-encoding"), None);
+
+    // No length (Paperclip's own gateway sends none): a body that ends within 64 KiB is read
+    // whole and forwarded with its length, as Paperclip's host does; a longer one streams chunked.
+    let (_relay, agent) = node_gateway_relay(&upstream, "");
+    assert_eq!(upload(agent).status, 201);
+    let seen = upstream.wait_for_body_end(1);
+    assert!(seen.body == body && seen.body_complete);
+    assert_eq!(seen.header("content-length"), None);
+    assert_eq!(seen.header("transfer-encoding").as_deref(), Some("chunked"));
+    let comment = br#"{"body":"short"}"#;
+    let got = request(
+        agent,
+        "POST",
+        "/api/issues/i1/comments",
+        &[
+            ("authorization", &auth),
+            ("content-type", "application/json"),
+        ],
+        comment,
+    );
+    assert_eq!(got.status, 201, "{}", String::from_utf8_lossy(&got.body));
+    let seen = upstream.wait_for_body_end(2);
+    assert_eq!(seen.body, comment);
+    assert_eq!(
+        seen.header("content-length"),
+        Some(comment.len().to_string())
+    );
+    assert_eq!(seen.header("transfer-encoding"), None);
+
+    // A length the bytes do not match: the relay's HTTP/2 layer resets the stream (the Node
+    // gateway answers its agent 502), and no body arrives complete upstream.
+    for declare in ["over", "under"] {
+        let before = upstream.request_count();
+        let (_relay, agent) = node_gateway_relay(&upstream, declare);
+        let got = upload(agent);
+        assert!(
+            got.status >= 400 && got.status != 201,
+            "{declare}: a false length must be refused, got {}",
+            got.status
+        );
+        for i in before..upstream.request_count() {
+            let r = upstream.wait_for_body_end(i);
+            assert!(
+                !r.body_complete,
+                "{declare}: a body with a false length arrived complete upstream"
+            );
+        }
+    }
+}
+
+#[test]
+fn the_relay_answers_before_a_gateway_with_a_shorter_wait_gives_up() {
+    // The gateway waits 2 s; the relay's own upstream timeout is 30 s. The relay keeps a deadline
+    // a margin shorter than the gateway's wait, so the agent gets the relay's precise answer
+    // (504 upstream_timeout), not the gateway's 504 bridge_timeout.
+    let upstream = MockUpstream::start_with(Behaviour::Hang);
+    let relay = Relay::start(
+        &upstream,
+        RelayOptions {
+            gateway_args: &["--response-timeout", "2s"],
+            ..Default::default()
+        },
+    );
+    let got = Req::new("GET", "/api/agents/me")
+        .header("authorization", &relay.auth())
+        .send(relay.addr);
+    got.assert_bridge_error(504, "upstream_timeout");
+    let seen = upstream.wait_for_requests(1);
+    assert_eq!(
+        seen[0].header("x-callback-bridge-wait-ms"),
+        None,
+        "the wait header went upstream"
+    );
+}

@@ -189,12 +189,11 @@ pub(super) fn with_file(
     from_file.routes = from_file.routes.map(|p| file.resolve(p));
     from_file.token_file = from_file.token_file.map(|p| file.resolve(p));
     from_file.ready_file = from_file.ready_file.map(|p| file.resolve(p));
-    Ok((
-        MergedCommon {
-            merged: flags.or(from_file),
-        },
-        file,
-    ))
+    let mut merged = flags.or(from_file);
+    if merged.max_body_bytes.is_none() {
+        merged.max_body_bytes = super::attachment_body_limit(env)?;
+    }
+    Ok((MergedCommon { merged }, file))
 }
 
 /// Collapses a multi-line library error (toml prints a snippet) into one line.

@@ -141,6 +141,7 @@ pub enum Role {
     StdioGateway(StdioGatewayConfig),
     QueueRelay(QueueRelayConfig),
     StdioRelay(StdioRelayConfig),
+    AutoRelay(AutoRelayConfig),
 }
 
 impl Role {
@@ -151,6 +152,7 @@ impl Role {
             Role::StdioGateway(c) => &c.common.log,
             Role::QueueRelay(c) => &c.common.log,
             Role::StdioRelay(c) => &c.common.log,
+            Role::AutoRelay(c) => &c.stdio.common.log,
         }
     }
 }
@@ -271,6 +273,21 @@ pub struct QueueRelayConfig {
     pub command: Vec<String>,
     /// Variables no command the relay runs inherits.
     pub scrub: Scrub,
+    /// Set when `--transport auto` fell back to the queue: why the stdio channel did not start
+    /// (shown on the readiness line).
+    pub fallback_reason: Option<&'static str>,
+}
+
+/// `relay --transport auto`: the stdio relay, whose command is the exec prefix followed by the
+/// gateway script; when that channel cannot start, a queue relay with the same upstream, policy
+/// and limits, the prefix and the queue directory (docs/reference.md §6.5).
+#[derive(Debug)]
+pub struct AutoRelayConfig {
+    pub stdio: StdioRelayConfig,
+    pub queue_dir: String,
+    pub sandbox_helper: Option<String>,
+    /// The exec prefix alone (the stdio command without the script).
+    pub prefix: Vec<String>,
 }
 
 /// `relay --transport stdio`.
@@ -374,6 +391,12 @@ fn gateway(args: GatewayArgs, env: Env<'_>) -> Result<Role, ConfigError> {
     let listen = listen.or(file.group()?);
     let transport = transport.or(file.group()?);
     let kind = transport_kind(transport.transport, env)?;
+    if kind == TransportKind::Auto {
+        return Err(ConfigError::Refused(
+            "--transport auto is for the relay; a gateway runs one transport (queue or stdio)"
+                .into(),
+        ));
+    }
     let response_timeout = match transport.response_timeout {
         Some(d) if d.0.is_zero() => {
             return Err(invalid("response_timeout", "must be greater than zero"))
@@ -436,6 +459,7 @@ fn gateway(args: GatewayArgs, env: Env<'_>) -> Result<Role, ConfigError> {
                 response_timeout,
             }))
         }
+        TransportKind::Auto => unreachable!("refused above"),
     }
 }
 
@@ -472,26 +496,61 @@ fn relay(args: RelayArgs, env: Env<'_>) -> Result<Role, ConfigError> {
                 "relay --transport stdio needs the command that starts the gateway after `--`"
                     .into()
             }
+            TransportKind::Auto => {
+                "relay --transport auto needs the exec prefix after `--` (e.g. `-- sh -c`)".into()
+            }
         }));
     }
     let target = target(&upstream, env)?;
+    let queue_dir = || -> Result<String, ConfigError> {
+        let dir = transport
+            .queue_dir
+            .as_ref()
+            .ok_or_else(|| invalid("queue_dir", "is required (--queue-dir)"))?;
+        Ok(dir
+            .to_str()
+            .filter(|d| !d.is_empty() && !d.contains('\0'))
+            .ok_or_else(|| invalid("queue_dir", "must be UTF-8 text"))?
+            .to_owned())
+    };
+    let sandbox_helper = transport.sandbox_helper.clone().filter(|p| !p.is_empty());
     match kind {
-        TransportKind::Queue => {
-            let dir = transport
-                .queue_dir
-                .ok_or_else(|| invalid("queue_dir", "is required (--queue-dir)"))?;
-            let queue_dir = dir
-                .to_str()
-                .filter(|d| !d.is_empty() && !d.contains('\0'))
-                .ok_or_else(|| invalid("queue_dir", "must be UTF-8 text"))?
-                .to_owned();
-            Ok(Role::QueueRelay(QueueRelayConfig {
-                target,
-                common: common.validate()?,
+        TransportKind::Queue => Ok(Role::QueueRelay(QueueRelayConfig {
+            target,
+            common: common.validate()?,
+            queue_dir: queue_dir()?,
+            sandbox_helper,
+            command,
+            scrub,
+            fallback_reason: None,
+        })),
+        TransportKind::Auto => {
+            let queue_dir = queue_dir()?;
+            let script = transport
+                .gateway_script
+                .clone()
+                .filter(|s| !s.trim().is_empty())
+                .ok_or_else(|| {
+                    invalid(
+                        "gateway_script",
+                        "is required with --transport auto (--gateway-script)",
+                    )
+                })?;
+            let mut stdio_command = command.clone();
+            stdio_command.push(script);
+            Ok(Role::AutoRelay(AutoRelayConfig {
+                stdio: StdioRelayConfig {
+                    target,
+                    token: token_or_generate(load_token(&common.merged, env)?)?,
+                    common: common.validate()?,
+                    handshake: transport.handshake.unwrap_or(Handshake::Env),
+                    command: stdio_command,
+                    scrub,
+                    stall_timeout: stall_timeout(env)?,
+                },
                 queue_dir,
-                sandbox_helper: transport.sandbox_helper.filter(|p| !p.is_empty()),
-                command,
-                scrub,
+                sandbox_helper,
+                prefix: command,
             }))
         }
         TransportKind::Stdio => Ok(Role::StdioRelay(StdioRelayConfig {
@@ -657,6 +716,27 @@ fn paperclip_gateway_aliases(
     Ok(())
 }
 
+/// The body limit Paperclip derives from its attachment limit, for a role whose
+/// `max_body_bytes` nothing else set: `PAPERCLIP_ATTACHMENT_MAX_BYTES` plus 64 KiB of multipart
+/// framing, never below the default (docs/reference.md §6.4). Like Paperclip's bridge, it is the
+/// one limit of every route and of responses: the API enforces the attachment limit itself.
+fn attachment_body_limit(env: Env<'_>) -> Result<Option<u64>, ConfigError> {
+    const KEY: &str = "PAPERCLIP_ATTACHMENT_MAX_BYTES";
+    let Some(v) = env_nonempty(env, KEY) else {
+        return Ok(None);
+    };
+    match v.trim().parse::<u64>() {
+        Ok(n) if n > 0 => Ok(Some(
+            n.saturating_add(MULTIPART_HEADROOM_BYTES)
+                .max(DEFAULT_MAX_BODY_BYTES),
+        )),
+        _ => Err(invalid(KEY, format!("{v:?} is not a positive number"))),
+    }
+}
+
+/// What a multipart upload adds to its file: boundaries, part headers, the small JSON field.
+const MULTIPART_HEADROOM_BYTES: u64 = 64 * 1024;
+
 /// The stdio gateway's token and nonce from the environment (`--handshake env`).
 fn stdio_handshake_from_env(
     common: &CommonOptions,
@@ -794,7 +874,12 @@ fn listener(opts: &ListenOptions) -> Result<Listener, ConfigError> {
 }
 
 fn target(opts: &UpstreamOptions, env: Env<'_>) -> Result<Target, ConfigError> {
-    let upstream = Upstream::parse(opts.upstream.as_deref().unwrap_or(DEFAULT_UPSTREAM))?;
+    let upstream = match &opts.upstream {
+        Some(url) => Upstream::parse(url)?,
+        None => Upstream::parse(
+            &upstream::from_paperclip_listen(env)?.unwrap_or_else(|| DEFAULT_UPSTREAM.into()),
+        )?,
+    };
     let header_name = opts
         .upstream_auth_header
         .as_deref()
@@ -1255,6 +1340,107 @@ mod tests {
             "/x"
         ])
         .is_err());
+    }
+
+    #[test]
+    fn the_default_upstream_follows_paperclips_listen_variables_below_explicit_settings() {
+        fn upstream_of(args: &[&str], env: &'static [(&'static str, &'static str)]) -> String {
+            let mut argv = vec!["relay", "--transport", "stdio"];
+            argv.extend_from_slice(args);
+            argv.extend_from_slice(&["--", "true"]);
+            match load(parse(&argv), &env_of(env)) {
+                Ok(Run::Role(Role::StdioRelay(c))) => c.target.upstream.display(),
+                Ok(_) => panic!("not a stdio relay"),
+                Err(e) => format!("error: {e}"),
+            }
+        }
+        let both = &[
+            ("PAPERCLIP_LISTEN_HOST", "0.0.0.0"),
+            ("PAPERCLIP_LISTEN_PORT", "4100"),
+            ("HOST", "10.9.9.9"),
+            ("PORT", "9"),
+        ];
+        assert_eq!(upstream_of(&[], &[]), DEFAULT_UPSTREAM);
+        assert_eq!(upstream_of(&[], both), "http://127.0.0.1:4100");
+        assert_eq!(
+            upstream_of(&[], &[("HOST", "::"), ("PORT", "5100")]),
+            "http://[::1]:5100"
+        );
+        assert_eq!(
+            upstream_of(&[], &[("PAPERCLIP_LISTEN_HOST", "::1"), ("PORT", "5100")]),
+            "http://[::1]:5100"
+        );
+        assert_eq!(
+            upstream_of(&[], &[("PAPERCLIP_LISTEN_PORT", "4200")]),
+            "http://127.0.0.1:4200"
+        );
+        assert_eq!(
+            upstream_of(&[], &[("HOST", "paperclip.internal")]),
+            "http://paperclip.internal:3100"
+        );
+        // A flag wins over all of them.
+        assert_eq!(
+            upstream_of(&["--upstream", "http://127.0.0.1:7000"], both),
+            "http://127.0.0.1:7000"
+        );
+        for bad in [
+            &[("PAPERCLIP_LISTEN_PORT", "http")][..],
+            &[("PORT", "0")][..],
+            &[("HOST", "a/b")][..],
+        ] {
+            let err = upstream_of(&[], bad);
+            assert!(
+                err.starts_with("error: ") && err.contains(bad[0].0),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
+    fn paperclips_attachment_limit_raises_the_default_body_limit_only() {
+        fn limit(args: &[&str], env: &'static [(&'static str, &'static str)]) -> String {
+            let mut argv = vec!["relay", "--transport", "stdio"];
+            argv.extend_from_slice(args);
+            argv.extend_from_slice(&["--", "true"]);
+            match load(parse(&argv), &env_of(env)) {
+                Ok(Run::Role(Role::StdioRelay(c))) => c.common.limits.max_body_bytes.to_string(),
+                Ok(_) => panic!("not a stdio relay"),
+                Err(e) => format!("error: {e}"),
+            }
+        }
+        let twenty = &[("PAPERCLIP_ATTACHMENT_MAX_BYTES", "20971520")];
+        assert_eq!(limit(&[], twenty), (20971520 + 65536).to_string());
+        // Never lowers the default.
+        assert_eq!(
+            limit(&[], &[("PAPERCLIP_ATTACHMENT_MAX_BYTES", "1024")]),
+            DEFAULT_MAX_BODY_BYTES.to_string()
+        );
+        // An explicit limit wins.
+        assert_eq!(limit(&["--max-body-bytes", "4096"], twenty), "4096");
+        let gateway = load(
+            parse(&["gateway", "--transport", "queue", "--queue-dir", "/tmp/q"]),
+            &env_of(&[
+                ("PAPERCLIP_ATTACHMENT_MAX_BYTES", "20971520"),
+                ("PAPERCLIP_BRIDGE_MAX_BODY_BYTES", "2048"),
+                ("CALLBACK_BRIDGE_TOKEN", "t0123456789abcdef0123456789abcdef"),
+            ]),
+        );
+        let Ok(Run::Role(Role::QueueGateway(c))) = gateway else {
+            panic!("not a queue gateway");
+        };
+        assert_eq!(c.common.limits.max_body_bytes, 2048);
+        for bad in ["0", "-1", "ten"] {
+            let env: &'static [(&'static str, &'static str)] = match bad {
+                "0" => &[("PAPERCLIP_ATTACHMENT_MAX_BYTES", "0")],
+                "-1" => &[("PAPERCLIP_ATTACHMENT_MAX_BYTES", "-1")],
+                _ => &[("PAPERCLIP_ATTACHMENT_MAX_BYTES", "ten")],
+            };
+            let err = limit(&[], env);
+            assert!(
+                err.contains("PAPERCLIP_ATTACHMENT_MAX_BYTES"),
+                "{bad}: {err}"
+            );
+        }
     }
 
     #[test]

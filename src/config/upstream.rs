@@ -1,7 +1,46 @@
 //! The upstream URL: parsed and checked once (scheme, host, port, no userinfo, query or
 //! fragment); the forwarder prepends its base path to every checked target.
 
-use super::{invalid, ConfigError};
+use super::{env_nonempty, invalid, ConfigError, Env};
+
+/// The upstream a host-side role uses when no flag, `CALLBACK_BRIDGE_UPSTREAM` or file key names
+/// one: where Paperclip's own server listens, as Paperclip's host derives it —
+/// `PAPERCLIP_LISTEN_HOST` (else `HOST`) and `PAPERCLIP_LISTEN_PORT` (else `PORT`), a wildcard
+/// host mapped to the loopback address of its family. `None` when none of the four is set; a
+/// missing host is `127.0.0.1`, a missing port 3100 (docs/reference.md §2.1).
+pub fn from_paperclip_listen(env: Env<'_>) -> Result<Option<String>, ConfigError> {
+    let host = ["PAPERCLIP_LISTEN_HOST", "HOST"]
+        .into_iter()
+        .find_map(|k| env_nonempty(env, k).map(|v| (k, v)));
+    let port = ["PAPERCLIP_LISTEN_PORT", "PORT"]
+        .into_iter()
+        .find_map(|k| env_nonempty(env, k).map(|v| (k, v)));
+    if host.is_none() && port.is_none() {
+        return Ok(None);
+    }
+    let port = match port {
+        Some((key, v)) => match v.trim().parse::<u16>() {
+            Ok(p) if p > 0 => p,
+            _ => return Err(invalid(key, format!("{v:?} is not a port number"))),
+        },
+        None => 3100,
+    };
+    let (key, host) = host.unwrap_or(("PAPERCLIP_LISTEN_HOST", "127.0.0.1".into()));
+    let host = match host.trim() {
+        "0.0.0.0" => "127.0.0.1".to_owned(),
+        "::" | "[::]" => "[::1]".to_owned(),
+        h if h.contains(':') && !h.starts_with('[') => format!("[{h}]"),
+        h => h.to_owned(),
+    };
+    let url = format!("http://{host}:{port}");
+    match Upstream::parse(&url) {
+        Ok(u) if u.base_path.is_empty() && u.authority.host().len() == host.len() => Ok(Some(url)),
+        _ => Err(invalid(
+            key,
+            format!("{host:?} is not a host name or address"),
+        )),
+    }
+}
 
 /// The upstream origin and base path.
 #[derive(Debug, Clone)]

@@ -108,8 +108,13 @@ impl Forwarder {
             body,
             req_state,
             deadline,
+            extensions,
             ..
         } = req;
+        // A transport may ask for an earlier deadline (the stdio relay, for its gateway's wait).
+        let upstream_timeout = extensions
+            .get::<crate::transport::stdio::UpstreamDeadline>()
+            .map_or(self.upstream_timeout, |d| d.0.min(self.upstream_timeout));
         let upstream_body: BridgeBody = match allow.body {
             BodyKind::None => body::empty(),
             BodyKind::Length(_) | BodyKind::Chunked => GuardedBody::new(
@@ -124,7 +129,7 @@ impl Forwarder {
         let req = self.upstream_request(method, &mut allow, upstream_body)?;
 
         let started = Instant::now();
-        let sent = tokio::time::timeout(self.upstream_timeout, self.pool.send(req));
+        let sent = tokio::time::timeout(upstream_timeout, self.pool.send(req));
         let result = tokio::select! {
             r = sent => r,
             () = deadline => return Err(ForwardError::ShuttingDown { sent: true }),

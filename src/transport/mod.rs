@@ -6,6 +6,7 @@
 //! the whole policy to everything it receives and never trusts the sandbox; the upstream
 //! credential never enters the sandbox (argv, environment or files).
 
+pub mod auto;
 pub mod diag;
 pub mod queue;
 pub mod stdio;

@@ -364,6 +364,15 @@ impl RawConn {
         stream.flush()
     }
 
+    /// A second handle on the same connection, for writing from another thread while this one
+    /// reads.
+    pub fn writer(&self) -> io::Result<Stream> {
+        Ok(match self.reader.get_ref() {
+            Stream::Tcp(s) => Stream::Tcp(s.try_clone()?),
+            Stream::Unix(s) => Stream::Unix(s.try_clone()?),
+        })
+    }
+
     /// Reads one response. `head_request` means the response has no body whatever it declares.
     pub fn read_response(&mut self, head_request: bool) -> io::Result<Response> {
         loop {

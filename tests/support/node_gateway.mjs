@@ -12,6 +12,9 @@ const port = Number(process.env.PAPERCLIP_BRIDGE_PORT);
 // With NODE_GATEWAY_END_WITH_DATA=1 every stream is ended by a (possibly empty) DATA frame, as
 // some HTTP/2 clients do, instead of END_STREAM on the HEADERS frame of a bodiless request.
 const endWithData = process.env.NODE_GATEWAY_END_WITH_DATA === "1";
+// NODE_GATEWAY_CONTENT_LENGTH: unset sends no `content-length` (as Paperclip's gateway); `exact`
+// declares the body's length; `over` declares one byte more than is sent, `under` one byte less.
+const declare = process.env.NODE_GATEWAY_CONTENT_LENGTH || "";
 const forwarded = ["accept", "content-type", "if-match", "if-none-match", "x-paperclip-github-capability"];
 
 let session;
@@ -33,6 +36,8 @@ const server = http.createServer((req, res) => {
     for (const name of forwarded) {
       if (req.headers[name] !== undefined) headers[name] = req.headers[name];
     }
+    const declared = { exact: 0, over: 1, under: -1 }[declare];
+    if (declared !== undefined && body.length > 0) headers["content-length"] = String(body.length + declared);
     const stream = session.request(headers, { endStream: !endWithData && body.length === 0 });
     stream.on("response", (head) => {
       const out = {};

@@ -35,13 +35,17 @@ pub fn bridge_binary_str() -> String {
 
 /// A `Command` for the binary under test with a clean environment: every `CALLBACK_BRIDGE_*` and
 /// `PAPERCLIP_*` variable of the outer environment (and `RUST_LOG`, so the log level is the one
-/// the test chooses) is removed, then `env` is applied.
+/// the test chooses, and `HOST` / `PORT`) is removed, then `env` is applied.
 pub fn bridge_command(args: &[&str], env: &[(&str, &str)]) -> Command {
     let mut cmd = Command::new(bridge_binary());
     cmd.args(args);
     for (key, _) in std::env::vars_os() {
         let k = key.to_string_lossy();
-        if k.starts_with("CALLBACK_BRIDGE_") || k.starts_with("PAPERCLIP_") || k == "RUST_LOG" {
+        // `HOST` and `PORT` too: host-side roles derive a default upstream from them.
+        if k.starts_with("CALLBACK_BRIDGE_")
+            || k.starts_with("PAPERCLIP_")
+            || ["RUST_LOG", "HOST", "PORT"].contains(&k.as_ref())
+        {
             cmd.env_remove(&key);
         }
     }

@@ -171,6 +171,7 @@ pub async fn run(config: QueueRelayConfig) -> Result<(), TransportError> {
         sandbox_helper,
         command,
         scrub,
+        fallback_reason,
     } = config;
     let metrics = Arc::new(Metrics::default());
     let forwarder = Forwarder::new(target, &common, metrics.clone());
@@ -213,6 +214,9 @@ pub async fn run(config: QueueRelayConfig) -> Result<(), TransportError> {
         pid: u32,
         #[serde(skip_serializing_if = "Option::is_none")]
         gateway_ready: Option<bool>,
+        /// `--transport auto` only: why the stdio channel did not start.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        fallback_reason: Option<&'static str>,
     }
     let line = serde_json::to_string(&ReadyLine {
         event: "ready",
@@ -220,6 +224,7 @@ pub async fn run(config: QueueRelayConfig) -> Result<(), TransportError> {
         queue_dir: &core.dir,
         pid: std::process::id(),
         gateway_ready,
+        fallback_reason,
     })
     .unwrap_or_default();
     if let Some(path) = &common.lifecycle.ready_file {

@@ -384,6 +384,10 @@ impl StdioDispatch {
         let headers = req.headers_mut();
         *headers = std::mem::take(&mut allow.headers);
         headers.insert(AUTHORIZATION, self.authorization.clone());
+        headers.insert(
+            super::WAIT_HEADER,
+            HeaderValue::from(self.response_timeout.as_millis() as u64),
+        );
         if let BodyKind::Length(n) = allow.body {
             headers.insert(CONTENT_LENGTH, HeaderValue::from(n));
         }

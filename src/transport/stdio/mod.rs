@@ -60,3 +60,43 @@ pub const STREAM_WINDOW_BYTES: u32 = 1024 * 1024;
 pub const CONNECTION_WINDOW_BYTES: u32 = 4 * 1024 * 1024;
 /// `:authority` of every stream (Paperclip's gateway connects to `http://bridge.internal`).
 pub const AUTHORITY: &str = "bridge.internal";
+
+/// Header on every stream our gateway opens: how long (milliseconds) it waits for the answer
+/// (its `response_timeout`). The relay removes it before the policy runs and keeps its own
+/// upstream deadline [`relay_deadline`] of it, so its precise answer (504 `upstream_timeout`, 409)
+/// reaches the agent before the gateway gives up with 504 `bridge_timeout` (docs/reference.md
+/// §6.2). Paperclip's gateway sends none and waits without a deadline.
+pub const WAIT_HEADER: &str = "x-callback-bridge-wait-ms";
+
+/// The relay's upstream deadline for a gateway that waits `gateway_wait`: a margin earlier — 5 s,
+/// or a quarter of the wait when that is shorter — so the default 35 s gives 30 s.
+pub fn relay_deadline(gateway_wait: Duration) -> Duration {
+    gateway_wait.saturating_sub(Duration::from_secs(5).min(gateway_wait / 4))
+}
+
+/// The upstream deadline a transport asks for one request (a request extension the forwarder
+/// honours when it is shorter than its own `upstream_timeout`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UpstreamDeadline(pub Duration);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_relay_answers_a_margin_before_the_gateway_gives_up() {
+        assert_eq!(
+            relay_deadline(Duration::from_secs(35)),
+            Duration::from_secs(30)
+        );
+        assert_eq!(
+            relay_deadline(Duration::from_secs(30)),
+            Duration::from_secs(25)
+        );
+        assert_eq!(
+            relay_deadline(Duration::from_secs(2)),
+            Duration::from_millis(1500)
+        );
+        assert_eq!(relay_deadline(Duration::ZERO), Duration::ZERO);
+    }
+}

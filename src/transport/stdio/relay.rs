@@ -70,6 +70,33 @@ const FLUSH_GRACE: Duration = Duration::from_millis(500);
 /// `callback-bridge relay --transport stdio -- COMMAND…`: runs until a stop reason, then prints
 /// the exit line.
 pub async fn run(config: StdioRelayConfig) -> Result<(), TransportError> {
+    run_launched(config, None).await
+}
+
+/// A gateway command that was started and passed the READY gate, not yet served.
+pub struct FirstLaunch(Launched);
+
+/// Starts the gateway command once, as the relay's first launch would (`--transport auto` tries
+/// this before it commits to the stdio transport).
+pub async fn try_launch(config: &StdioRelayConfig) -> Result<FirstLaunch, LaunchError> {
+    let launcher = Launcher {
+        argv: config.command.clone(),
+        mode: config.handshake,
+        token: config.token.token.clone(),
+        scrub: config.scrub.clone(),
+    };
+    let nonce = handshake::generate_nonce().map_err(|source| LaunchError::Spawn {
+        command: launcher.describe(),
+        source,
+    })?;
+    launch(&launcher, &nonce).await.map(FirstLaunch)
+}
+
+/// [`run`], serving `first` (from [`try_launch`]) as the first session when given.
+pub async fn run_launched(
+    config: StdioRelayConfig,
+    first: Option<FirstLaunch>,
+) -> Result<(), TransportError> {
     let StdioRelayConfig {
         target,
         token,
@@ -111,6 +138,7 @@ pub async fn run(config: StdioRelayConfig) -> Result<(), TransportError> {
         ready_file: common.lifecycle.ready_file.clone(),
         restarts: RestartBudget::default(),
         stall_timeout,
+        first: first.map(|f| f.0),
     };
     let outcome = supervisor.run().await;
     let reason = match &outcome {
@@ -285,6 +313,36 @@ fn exit_suffix(status: &Option<ExitStatus>, stderr: &str) -> String {
     }
 }
 
+impl LaunchError {
+    /// A fixed word for why the channel did not start (`--transport auto`'s `fallback_reason`).
+    pub fn reason(&self) -> &'static str {
+        match self {
+            // Paperclip's host's words where the cause is the same (docs/paperclip-compatibility.md).
+            LaunchError::Spawn { .. }
+            | LaunchError::Gate {
+                source: GateError::Io(_),
+                ..
+            } => "channel_open_failed",
+            LaunchError::Gate {
+                source: GateError::Timeout(_),
+                ..
+            } => "ready_timeout",
+            LaunchError::Gate {
+                source: GateError::ChannelClosed,
+                ..
+            } => "exited_before_ready",
+            LaunchError::Gate {
+                source: GateError::TooMuchOutput(_),
+                ..
+            } => "contaminated",
+            LaunchError::Gate {
+                source: GateError::NonceMismatch,
+                ..
+            } => "ready_nonce_mismatch",
+        }
+    }
+}
+
 enum SessionEnd {
     /// The relay was told to stop.
     Stopped(ExitReason),
@@ -308,6 +366,8 @@ struct Supervisor {
     restarts: RestartBudget,
     /// See [`StdioRelayConfig::stall_timeout`].
     stall_timeout: Duration,
+    /// A session already launched (by [`try_launch`]), served before any launch of its own.
+    first: Option<Launched>,
 }
 
 /// The restarts of the current window: at most [`MAX_RESTARTS`] in [`RESTART_WINDOW`], each
@@ -348,10 +408,15 @@ impl RestartBudget {
 impl Supervisor {
     async fn run(&mut self) -> Result<ExitReason, TransportError> {
         loop {
-            let nonce = handshake::generate_nonce().map_err(TransportError::Nonce)?;
-            let launched = tokio::select! {
-                launched = launch(&self.launcher, &nonce) => launched,
-                reason = self.stop_rx.recv() => return Ok(reason.unwrap_or(ExitReason::Signal)),
+            let launched = match self.first.take() {
+                Some(launched) => Ok(launched),
+                None => {
+                    let nonce = handshake::generate_nonce().map_err(TransportError::Nonce)?;
+                    tokio::select! {
+                        launched = launch(&self.launcher, &nonce) => launched,
+                        reason = self.stop_rx.recv() => return Ok(reason.unwrap_or(ExitReason::Signal)),
+                    }
+                }
             };
             // A lost channel is warned about only when the relay restarts the command: a stop
             // signal sent to the relay's whole process group (a supervisor, `timeout`, Ctrl-C)
@@ -592,6 +657,15 @@ async fn stream(
     req: Request<Incoming>,
 ) -> Response<Logged> {
     let (mut parts, body) = req.into_parts();
+    // Our gateway's wait: answer a margin before it (never forwarded, never policy-checked).
+    if let Some(wait) = parts.headers.remove(super::WAIT_HEADER) {
+        if let Some(ms) = wait.to_str().ok().and_then(|v| v.parse::<u64>().ok()) {
+            let wait = Duration::from_millis(ms);
+            parts
+                .extensions
+                .insert(super::UpstreamDeadline(super::relay_deadline(wait)));
+        }
+    }
     let mut response = if parts.headers.len() > MAX_HEADER_PAIRS {
         pipeline.reject(
             &parts.method,
@@ -623,8 +697,10 @@ async fn stream(
     response
 }
 
-/// Gives an HTTP/2 request the framing the policy reads: for a stream without `Content-Length`, `transfer-encoding: chunked` when (and only when) it carries
-/// a body (HTTP/2 has no Transfer-Encoding). Only a stream with the bridge token is read from.
+/// Gives an HTTP/2 request the framing the policy reads. For a stream without `Content-Length`
+/// (HTTP/2 has no Transfer-Encoding): none when it carries no body; `Content-Length` when its body
+/// ended within the first [`peek::WHOLE_UP_TO`] bytes; `transfer-encoding: chunked` otherwise. Only
+/// a stream with the bridge token is read from.
 async fn http2_body(
     pipeline: &Pipeline<Forwarder>,
     parts: &mut http::request::Parts,
@@ -639,6 +715,11 @@ async fn http2_body(
     }
     match peek::peek(body, idle).await {
         PeekOutcome::Empty(body) => Ok(body),
+        PeekOutcome::Whole(body, len) => {
+            // Read to its end: forwarded with its length, as Paperclip's host does.
+            parts.headers.insert(CONTENT_LENGTH, HeaderValue::from(len));
+            Ok(body)
+        }
         PeekOutcome::Body(body) => {
             parts
                 .headers
