@@ -21,10 +21,13 @@ pub async fn run(config: AutoRelayConfig) -> Result<(), TransportError> {
         sandbox_helper,
         prefix,
     } = config;
+    // The handlers exist before the log line that says the attempt started: a signal sent once
+    // that line is seen stops the relay cleanly instead of killing it.
+    let stop = terminated();
     tracing::info!("trying the stdio transport");
     let attempt = tokio::select! {
         attempt = stdio::relay::try_launch(&stdio_config) => attempt,
-        () = terminated() => {
+        () = stop => {
             // Stopped before either transport was ready: no readiness line, an exit line.
             tracing::info!(reason = ExitReason::Signal.as_str(), "relay stopped");
             print_line(&Metrics::default().exit_line(ExitReason::Signal.as_str()))?;
@@ -59,20 +62,22 @@ pub async fn run(config: AutoRelayConfig) -> Result<(), TransportError> {
     .await
 }
 
-/// Resolves on SIGTERM or SIGINT (while the stdio launch is tried; the chosen relay then installs
-/// its own handlers).
-async fn terminated() {
+/// Installs SIGTERM and SIGINT handlers now and resolves on either (while the stdio launch is
+/// tried; the chosen relay then installs its own handlers).
+fn terminated() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{signal, SignalKind};
-    match (
+    let handlers = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
-    ) {
-        (Ok(mut term), Ok(mut int)) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
-            }
+    );
+    async move {
+        let (Ok(mut term), Ok(mut int)) = handlers else {
+            tracing::error!("cannot install signal handlers");
+            return std::future::pending().await;
+        };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
         }
-        _ => std::future::pending().await,
     }
 }

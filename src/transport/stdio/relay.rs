@@ -318,6 +318,12 @@ impl LaunchError {
     pub fn reason(&self) -> &'static str {
         match self {
             // Paperclip's host's words where the cause is the same (docs/paperclip-compatibility.md).
+            // The handshake could not be written: the command had already exited.
+            LaunchError::Spawn { source, .. }
+                if source.kind() == std::io::ErrorKind::BrokenPipe =>
+            {
+                "exited_before_ready"
+            }
             LaunchError::Spawn { .. }
             | LaunchError::Gate {
                 source: GateError::Io(_),
