@@ -198,18 +198,22 @@ pub async fn run(config: QueueRelayConfig) -> Result<(), TransportError> {
     // readiness must stop the relay cleanly, not kill it.
     let (stop_tx, stop_rx) = mpsc::channel(4);
     core.pipeline.watch_lifecycle(&common.lifecycle, stop_tx);
+    let admin = crate::admin::start(common.admin, &metrics).await?;
     #[derive(serde::Serialize)]
     struct ReadyLine<'a> {
         event: &'static str,
         transport: &'static str,
         queue_dir: &'a str,
         pid: u32,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        admin: Option<String>,
     }
     let line = serde_json::to_string(&ReadyLine {
         event: "ready",
         transport: "queue",
         queue_dir: &core.dir,
         pid: std::process::id(),
+        admin,
     })
     .unwrap_or_default();
     if let Some(path) = &common.lifecycle.ready_file {
@@ -219,6 +223,7 @@ pub async fn run(config: QueueRelayConfig) -> Result<(), TransportError> {
         })?;
     }
     print_line(&line)?;
+    metrics.readiness.serving(true);
     tracing::info!(queue = %core.dir, prefix = ?core.runner.prefix(), to = %core.pipeline.dispatcher().describe(), "relay ready");
 
     let mut lp = Loop::new(core.clone(), stop_rx, common.limits.drain_timeout);

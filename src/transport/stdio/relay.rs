@@ -87,11 +87,13 @@ pub async fn run(config: StdioRelayConfig) -> Result<(), TransportError> {
     ));
     let (stop_tx, stop_rx) = mpsc::channel(4);
     pipeline.watch_lifecycle(&common.lifecycle, stop_tx);
+    let admin = crate::admin::start(common.admin, &metrics).await?;
     let ready_line = serde_json::to_string(&ReadyLine {
         event: "ready",
         transport: "stdio",
         pid: std::process::id(),
         token: token.generated.then(|| token.token.expose()),
+        admin,
     })
     .unwrap_or_default();
     let launcher = Launcher {
@@ -129,6 +131,8 @@ struct ReadyLine<'a> {
     pid: u32,
     #[serde(skip_serializing_if = "Option::is_none")]
     token: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    admin: Option<String>,
 }
 
 /// How to start the gateway command.
@@ -263,6 +267,7 @@ impl Supervisor {
                         prefix,
                     } = launched;
                     let end = self.serve_session(&mut child, stdin, stdout, prefix).await;
+                    self.pipeline.metrics().readiness.serving(false);
                     let grace = match &end {
                         SessionEnd::Stopped(_) => CHILD_EXIT_GRACE,
                         SessionEnd::Lost(why) => {
@@ -307,6 +312,7 @@ impl Supervisor {
 
     /// Prints the readiness line the first time a session comes up.
     fn announce(&mut self) -> Result<(), TransportError> {
+        self.pipeline.metrics().readiness.serving(true);
         let Some(line) = self.ready_line.take() else {
             tracing::info!("the gateway command is back; session restarted");
             return Ok(());
