@@ -67,7 +67,10 @@ pub fn init_logging(cfg: &LogConfig, role: &'static str) {
         .level
         .parse::<Targets>()
         .unwrap_or_else(|_| Targets::new().with_default(tracing::Level::INFO));
-    let builder = tracing_subscriber::fmt().with_writer(std::io::stderr);
+    // Colours only for a terminal: a pretty log in a file or pipe stays plain text.
+    let builder = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     let result = match cfg.format {
         LogFormat::Json => builder
             .event_format(JsonLine)

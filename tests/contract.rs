@@ -936,7 +936,7 @@ fn metrics_count_requests_by_route_status_and_code(t: Transport) {
     let metrics = rig.metrics();
     let count = |route: &str, status: u16, code: &str| {
         let key = format!(
-            "callback_bridge_requests_total{{route=\"{route}\",status=\"{status}\",code=\"{code}\"}}"
+            "callback_bridge_requests_total{{route=\"{route}\",status=\"{status}\",deny_code=\"{code}\"}}"
         );
         metrics.get(&key).copied().unwrap_or(0.0)
     };
@@ -955,7 +955,11 @@ fn metrics_count_requests_by_route_status_and_code(t: Transport) {
 across_transports!(in_flight_gauge_counts_a_request_held_at_the_upstream);
 fn in_flight_gauge_counts_a_request_held_at_the_upstream(t: Transport) {
     let rig = Rig::start(t);
-    let gauge = |rig: &Rig| rig.metrics().get("callback_bridge_in_flight").copied();
+    let gauge = |rig: &Rig| {
+        rig.metrics()
+            .get("callback_bridge_in_flight_requests")
+            .copied()
+    };
     assert_eq!(gauge(&rig), Some(0.0), "{t:?}: idle");
 
     rig.upstream.set_holding(true);
