@@ -234,6 +234,21 @@ impl Rig {
         prometheus_samples(&resp.text())
     }
 
+    /// Stderr lines of every process of the rig that parse as JSON (the stdio gateway's reach
+    /// the relay's stderr).
+    fn json_log_lines(&self) -> Vec<serde_json::Value> {
+        let procs: Vec<&Proc> = match &self._processes {
+            Processes::Serve(bridge) => vec![bridge],
+            Processes::Queue { gateway, relay, .. } => vec![gateway, relay],
+            Processes::Stdio(relay) => vec![&relay.proc],
+        };
+        procs
+            .iter()
+            .flat_map(|p| p.stderr_lines())
+            .filter_map(|l| serde_json::from_str(&l).ok())
+            .collect()
+    }
+
     /// Panics, showing the upstream's log, unless the upstream received nothing.
     fn assert_nothing_forwarded(&self, what: &str) {
         assert_upstream_saw_nothing(&self.upstream, &format!("{:?}: {what}", self.transport));
@@ -343,6 +358,42 @@ fn allowed_get_is_forwarded_with_the_real_credential_only(t: Transport) {
     assert!(
         !r.headers_text().contains(BRIDGE_TOKEN),
         "{t:?}: the bridge token went upstream"
+    );
+}
+
+across_transports!(one_request_id_from_the_agents_hop_to_the_upstream);
+/// docs/reference.md §3.7: the id the agent gets in `x-request-id` is the one the upstream gets
+/// and the one in the access line of every hop (serve; gateway and relay).
+fn one_request_id_from_the_agents_hop_to_the_upstream(t: Transport) {
+    let rig = Rig::start(t);
+    let resp = rig.send(Req::new("POST", COMMENTS).json(r#"{"body":"x"}"#));
+    assert_eq!(resp.status, 201, "{t:?}: {:?}", resp.text());
+    let id = resp
+        .header("x-request-id")
+        .expect("x-request-id")
+        .to_owned();
+    assert_eq!(
+        rig.upstream.find(COMMENTS).header_all("x-request-id"),
+        [id.clone()],
+        "{t:?}: the upstream gets the agent's hop's id"
+    );
+    let roles: &[&str] = match t.kind() {
+        Transport::Serve => &["serve"],
+        _ => &["gateway", "relay"],
+    };
+    let access_roles = || {
+        let mut seen: Vec<String> = rig
+            .json_log_lines()
+            .into_iter()
+            .filter(|v| v["message"] == "request" && v["request_id"] == id.as_str())
+            .map(|v| v["role"].as_str().unwrap_or("?").to_owned())
+            .collect();
+        seen.sort();
+        seen
+    };
+    wait_until(
+        &format!("{t:?}: access lines of {id} from {roles:?}"),
+        || access_roles() == roles,
     );
 }
 
