@@ -53,7 +53,7 @@ fn ready_line_carries_url_pid_and_a_generated_token() {
     let keys: Vec<&str> = obj.keys().map(String::as_str).collect();
     for k in &keys {
         assert!(
-            ["event", "url", "pid", "token"].contains(k),
+            ["event", "url", "pid", "token", "run_id", "role"].contains(k),
             "unexpected key {k} in the readiness line {ready}"
         );
     }
