@@ -374,7 +374,7 @@ fn one_request_id_from_the_agents_hop_to_the_upstream(t: Transport) {
         .to_owned();
     assert_eq!(
         rig.upstream.find(COMMENTS).header_all("x-request-id"),
-        [id.clone()],
+        std::slice::from_ref(&id),
         "{t:?}: the upstream gets the agent's hop's id"
     );
     let roles: &[&str] = match t.kind() {

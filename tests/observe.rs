@@ -65,7 +65,7 @@ fn serve_forwards_its_request_id_and_ignores_the_agents() {
     let got = upstream.find(ME);
     assert_eq!(
         got.header_all("x-request-id"),
-        [id.clone()],
+        std::slice::from_ref(&id),
         "the upstream gets the bridge's id, not the agent's"
     );
     let line = access_line(&bridge, &id);
