@@ -399,3 +399,79 @@ fn queue_relay_has_an_admin_listener_too() {
     assert_eq!(samples.get("callback_bridge_forwarded_total"), Some(&0.0));
     request(admin, "GET", ME, &[], b"").assert_bridge_error(404, "not_found");
 }
+
+#[test]
+fn readyz_turns_503_stopping_while_draining_and_livez_stays_200() {
+    let upstream = MockUpstream::start();
+    let mut bridge = Bridge::for_upstream(
+        &upstream,
+        &["--admin-listen", "127.0.0.1:0", "--drain-timeout", "30s"],
+    );
+    let admin = admin_of(&bridge.ready);
+    upstream.set_holding(true);
+    let pending = bridge
+        .agent()
+        .send_in_background(Req::new("GET", "/api/issues/hold"));
+    upstream.wait_for("the held request", 1, "/api/issues/hold");
+    bridge.sigterm();
+    bridge.wait_stderr_contains("shutting down", WAIT);
+    let r = request(admin, "GET", "/readyz", &[], b"");
+    assert_eq!(
+        (r.status, r.json()),
+        (
+            503,
+            serde_json::json!({"status": "not_ready", "reason": "stopping"})
+        )
+    );
+    assert_eq!(request(admin, "GET", "/livez", &[], b"").status, 200);
+    upstream.set_holding(false);
+    let resp = pending.recv_timeout(WAIT).expect("thread").expect("answer");
+    assert_eq!(resp.status, 200);
+    bridge.wait_exit_line(WAIT);
+    assert_eq!(bridge.wait_exit_status(WAIT).code(), Some(0));
+}
+
+#[test]
+fn gateways_and_the_stdio_relay_have_admin_listeners() {
+    let upstream = MockUpstream::app();
+    let relay = Relay::start(
+        &upstream,
+        RelayOptions {
+            relay_args: &["--admin-listen", "127.0.0.1:0"],
+            gateway_args: &["--admin-listen", "127.0.0.1:0"],
+            supplied_token: true,
+            ..Default::default()
+        },
+    );
+    assert_eq!(relay.agent().get(ME).status, 200);
+    let relay_admin = admin_of(&relay.ready);
+    let r = request(relay_admin, "GET", "/readyz", &[], b"");
+    assert_eq!(r.status, 200, "{:?}", r.text());
+    let samples = prometheus_samples(&request(relay_admin, "GET", "/metrics", &[], b"").text());
+    assert_eq!(
+        samples.get("callback_bridge_forwarded_total"),
+        Some(&1.0),
+        "the relay forwarded the agent's request upstream"
+    );
+    // The stdio gateway prints its readiness line on stderr, which reaches the relay's stderr.
+    let gateway_ready = relay
+        .proc
+        .stderr_lines()
+        .iter()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|v| v["event"] == "ready" && v["role"] == "gateway")
+        .expect("the gateway's readiness line");
+    let gateway_admin = admin_of(&gateway_ready);
+    assert_eq!(
+        request(gateway_admin, "GET", "/readyz", &[], b"").status,
+        200
+    );
+    let samples = prometheus_samples(&request(gateway_admin, "GET", "/metrics", &[], b"").text());
+    assert_eq!(samples.get("callback_bridge_forwarded_total"), Some(&1.0));
+    request(gateway_admin, "GET", ME, &[], b"").assert_bridge_error(404, "not_found");
+    assert_eq!(
+        upstream.request_count(),
+        1,
+        "admin requests forward nothing"
+    );
+}
