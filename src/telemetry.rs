@@ -921,6 +921,62 @@ mod tests {
     }
 
     #[test]
+    fn json_log_lines_are_json_with_run_id_and_role() {
+        use std::sync::{Arc, Mutex};
+        #[derive(Clone, Default)]
+        struct Buf(Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Buf {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        set_line_context("run-t", "serve");
+        let buf = Buf::default();
+        let writer = buf.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .event_format(JsonLine)
+            .finish();
+        let err = std::io::Error::other("bad \"thing\"");
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::warn!(
+                n = 7u64,
+                neg = -3i64,
+                ratio = 0.5f64,
+                nan = f64::NAN,
+                ok = true,
+                text = "a\nb",
+                error = %err,
+                "hello \"world\""
+            );
+        });
+        let out = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        assert!(
+            out.ends_with('\n') && out.matches('\n').count() == 1,
+            "{out}"
+        );
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v["level"], "WARN");
+        assert_eq!(v["message"], "hello \"world\"");
+        assert_eq!(
+            (&v["n"], &v["neg"], &v["ratio"]),
+            (&7.into(), &(-3).into(), &0.5.into())
+        );
+        assert!(v["nan"].is_null());
+        assert_eq!((&v["ok"], &v["text"]), (&true.into(), &"a\nb".into()));
+        assert_eq!(v["error"], "bad \"thing\"");
+        assert_eq!(
+            (&v["run_id"], &v["role"]),
+            (&"run-t".into(), &"serve".into())
+        );
+        assert!(v["timestamp"].as_str().is_some_and(|t| t.ends_with('Z')));
+    }
+
+    #[test]
     fn numbers_format_like_display() {
         for n in [0u64, 7, 10, 999, 1000, 123_456_789, u64::MAX] {
             let mut out = Vec::new();
