@@ -152,10 +152,15 @@ impl<D: Dispatch> Pipeline<D> {
         let Inbound {
             method,
             target,
-            headers,
+            mut headers,
             extensions,
             body,
         } = req;
+        if self.local == LocalEndpoints::NotFound {
+            // Taken as the request id above; the policy sees the head as the agent sent it (its
+            // header count and size limits included), and the id is set again when allowed.
+            headers.remove(X_REQUEST_ID);
+        }
         let target = target.as_str();
         let head = RequestHead {
             method: &method,
