@@ -220,8 +220,6 @@ impl<D: Dispatch> Pipeline<D> {
                         .map_or_else(ForwardError::reached_next_hop, |_| true);
                     if reached {
                         self.metrics.forwarded.fetch_add(1, Ordering::Relaxed);
-                    }
-                    if reached {
                         self.metrics.readiness.next_hop(true);
                     } else if matches!(result, Err(ForwardError::Unsent { .. })) {
                         self.metrics.readiness.next_hop(false);
