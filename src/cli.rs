@@ -106,10 +106,6 @@ option_group! {
         #[arg(long, env = "CALLBACK_BRIDGE_ALLOW_PEER_GID", value_delimiter = ',', value_name = "GIDS")]
         pub allow_peer_gid: Option<Vec<u32>>,
 
-        /// Allow a listen address that is not loopback (true/false, yes/no, 1/0) [default: false]
-        #[arg(long, env = "CALLBACK_BRIDGE_ALLOW_NON_LOOPBACK", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL", value_parser = clap::builder::BoolishValueParser::new())]
-        pub allow_non_loopback: Option<bool>,
-
         /// Concurrent client connections; beyond -> not accepted until one closes [default: 256]
         #[arg(long, env = "CALLBACK_BRIDGE_MAX_CONNECTIONS", value_name = "N")]
         pub max_connections: Option<usize>,
@@ -144,10 +140,6 @@ option_group! {
         /// Prefix written before the credential; empty = raw value [default: Bearer]
         #[arg(long, env = "CALLBACK_BRIDGE_UPSTREAM_AUTH_SCHEME", value_name = "SCHEME")]
         pub upstream_auth_scheme: Option<String>,
-
-        /// Run id injected as x-paperclip-run-id [default: env PAPERCLIP_RUN_ID if set]
-        #[arg(long, env = "CALLBACK_BRIDGE_RUN_ID", value_name = "ID")]
-        pub run_id: Option<String>,
 
         /// Refuse to start without an upstream credential (true/false, yes/no, 1/0) [default: false:
         /// requests are then forwarded without one, and a warning is logged]
@@ -247,6 +239,28 @@ option_group! {
         /// Log level or `target=level` list (RUST_LOG is read when this is not given) [default: info]
         #[arg(long, env = "CALLBACK_BRIDGE_LOG_LEVEL", value_name = "LEVEL")]
         pub log_level: Option<String>,
+
+        /// Run id on every log line, sent upstream as x-paperclip-run-id (serve, relay); 1-128 of
+        /// A-Z a-z 0-9 . _ : - [default: env PAPERCLIP_RUN_ID if set, else a generated UUIDv7 (logs only)]
+        #[arg(long, env = "CALLBACK_BRIDGE_RUN_ID", value_name = "ID")]
+        pub run_id: Option<String>,
+    }
+}
+
+option_group! {
+    /// The admin listener (health and metrics without the token) and whether listeners may bind a
+    /// non-loopback address (`serve`, `gateway`, `relay`).
+    #[derive(Debug, Clone, Default, Args, Deserialize)]
+    pub struct AdminOptions {
+        /// Also serve /livez, /readyz and /metrics (no token, nothing else) on this IP:PORT; must
+        /// be loopback unless --allow-non-loopback [default: none]
+        #[arg(long, env = "CALLBACK_BRIDGE_ADMIN_LISTEN", value_name = "ADDR")]
+        pub admin_listen: Option<String>,
+
+        /// Allow a listen or admin-listen address that is not loopback (true/false, yes/no, 1/0)
+        /// [default: false]
+        #[arg(long, env = "CALLBACK_BRIDGE_ALLOW_NON_LOOPBACK", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL", value_parser = clap::builder::BoolishValueParser::new())]
+        pub allow_non_loopback: Option<bool>,
     }
 }
 
@@ -278,6 +292,8 @@ pub enum Handshake {
 pub struct ServeArgs {
     #[command(flatten)]
     pub listen: ListenOptions,
+    #[command(flatten)]
+    pub admin: AdminOptions,
     #[command(flatten)]
     pub upstream: UpstreamOptions,
     #[command(flatten)]
@@ -321,6 +337,8 @@ pub struct GatewayArgs {
     #[command(flatten)]
     pub listen: ListenOptions,
     #[command(flatten)]
+    pub admin: AdminOptions,
+    #[command(flatten)]
     pub common: CommonOptions,
 }
 
@@ -360,6 +378,8 @@ option_group! {
 pub struct RelayArgs {
     #[command(flatten)]
     pub transport: RelayTransportOptions,
+    #[command(flatten)]
+    pub admin: AdminOptions,
     #[command(flatten)]
     pub upstream: UpstreamOptions,
     #[command(flatten)]

@@ -19,6 +19,12 @@ pub fn check(config: &ServeConfig) -> String {
     use std::fmt::Write as _;
     let _ = writeln!(out, "configuration ok");
     let _ = writeln!(out, "listen      {}", config.listener.addr);
+    if let Some(admin) = config.common.admin {
+        let _ = writeln!(
+            out,
+            "admin       {admin} (/livez, /readyz, /metrics; no token)"
+        );
+    }
     let _ = writeln!(out, "upstream    {}", config.target.upstream.display());
     match &config.target.ca {
         Some(ca) => {

@@ -10,6 +10,7 @@
 //! `docs/architecture.md` draws the data flow.
 #![forbid(unsafe_code)]
 
+mod admin;
 pub mod auth;
 mod body;
 pub mod cli;

@@ -24,7 +24,7 @@ fn main() -> ExitCode {
     };
     match run {
         Run::Role(role) => {
-            callback_bridge::init_logging(role.log());
+            callback_bridge::init_logging(role.log(), role.name());
             // One thread: the bridge's work per request is small, and a single-threaded runtime
             // keeps memory and scheduling predictable inside a sandbox.
             let runtime = match tokio::runtime::Builder::new_current_thread()

@@ -22,14 +22,18 @@ use crate::lifecycle::{self, Activity, ExitReason};
 use crate::limits::{InFlight, InFlightGuard, RateLimit};
 use crate::policy::{Decision, Deny, DenyCode, LocalEndpoint, Policy, RequestHead, TokenCheck};
 use crate::respond::{self, X_REQUEST_ID};
-use crate::telemetry::{AccessRecord, Logged, Metrics, RequestIds};
+use crate::telemetry::{self, AccessRecord, Logged, Metrics, RequestIds};
 
-/// Whether the role answers `/__bridge/health` and `/__bridge/metrics` itself.
+/// Whether the role answers `/__bridge/health` and `/__bridge/metrics` itself, and so whether it
+/// is the agent's hop or a relay.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LocalEndpoints {
-    /// The agent-facing roles (`serve`, gateways) answer them.
+    /// The agent-facing roles (`serve`, gateways) answer them, and assign each request its id
+    /// (an `x-request-id` from the agent is not used).
     Answer,
-    /// The relays: the gateway answers these; one that reaches a relay is 404 `not_found`.
+    /// The relays: the gateway answers these; one that reaches a relay is 404 `not_found`. A
+    /// relay keeps the request id the gateway sent (`x-request-id`) when it is valid, and
+    /// assigns a new one otherwise (docs/reference.md §3.7).
     NotFound,
 }
 
@@ -106,11 +110,23 @@ impl<D: Dispatch> Pipeline<D> {
         D: Dispatch,
     {
         let me = self.clone();
+        // Every stop reason passes here first: the admin listener's /readyz turns 503 as soon as
+        // the role starts to stop.
+        let (watched_tx, mut watched_rx) = mpsc::channel::<ExitReason>(4);
+        let metrics = self.metrics.clone();
+        tokio::spawn(async move {
+            while let Some(reason) = watched_rx.recv().await {
+                metrics.readiness.stopping();
+                if stop.send(reason).await.is_err() {
+                    break;
+                }
+            }
+        });
         lifecycle::spawn_watchers(
             lifecycle,
             self.activity.clone(),
             move || me.in_flight.current() > 0,
-            stop,
+            watched_tx,
         );
     }
 
@@ -132,14 +148,19 @@ impl<D: Dispatch> Pipeline<D> {
     /// Handles one request from any transport: policy (token first), rate limit, in-flight
     /// limit, dispatch, and the record of the outcome, written when the response body ends.
     pub async fn handle<B: RequestBody>(&self, req: Inbound<B>) -> Response<Logged> {
-        let mut record = self.begin(&req.method);
+        let mut record = self.begin(&req.method, Some(&req.headers));
         let Inbound {
             method,
             target,
-            headers,
+            mut headers,
             extensions,
             body,
         } = req;
+        if self.local == LocalEndpoints::NotFound {
+            // Taken as the request id above; the policy sees the head as the agent sent it (its
+            // header count and size limits included), and the id is set again when allowed.
+            headers.remove(X_REQUEST_ID);
+        }
         let target = target.as_str();
         let head = RequestHead {
             method: &method,
@@ -170,7 +191,12 @@ impl<D: Dispatch> Pipeline<D> {
                 ),
             },
             Decision::Deny(d) => deny(&mut record, d),
-            Decision::Allow(allow) => {
+            Decision::Allow(mut allow) => {
+                // The one id of this request, from the agent's hop to the upstream: the relay
+                // or the upstream gets it as `x-request-id` (whatever the allowlist says).
+                if let Ok(id) = http::HeaderValue::from_str(&record.request_id) {
+                    allow.headers.insert(X_REQUEST_ID, id);
+                }
                 record.route = Some(allow.route_id.clone());
                 record.query_keys = crate::telemetry::query_keys(&allow.target);
                 if let Err(retry_after) = self.rate.check() {
@@ -189,11 +215,14 @@ impl<D: Dispatch> Pipeline<D> {
                         extensions,
                     };
                     let result = self.dispatcher.dispatch(allowed).await;
-                    if result
+                    let reached = result
                         .as_ref()
-                        .map_or_else(ForwardError::reached_next_hop, |_| true)
-                    {
+                        .map_or_else(ForwardError::reached_next_hop, |_| true);
+                    if reached {
                         self.metrics.forwarded.fetch_add(1, Ordering::Relaxed);
+                        self.metrics.readiness.next_hop(true);
+                    } else if matches!(result, Err(ForwardError::Unsent { .. })) {
+                        self.metrics.readiness.next_hop(false);
                     }
                     match result {
                         Ok(forwarded) => {
@@ -216,15 +245,47 @@ impl<D: Dispatch> Pipeline<D> {
     /// Answers a request the transport refused before the policy could run (an unreadable queue
     /// file, an HTTP/2 stream with too many headers), counted and logged like any other.
     pub fn reject(&self, method: &Method, refusal: Deny) -> Response<Logged> {
-        let mut record = self.begin(method);
+        let mut record = self.begin(method, None);
         let response = deny(&mut record, refusal);
         self.finish(response, record, None)
     }
 
-    fn begin(&self, method: &Method) -> AccessRecord {
+    fn begin(&self, method: &Method, headers: Option<&HeaderMap>) -> AccessRecord {
         self.metrics.requests.fetch_add(1, Ordering::Relaxed);
         self.activity.touch();
-        AccessRecord::new(self.ids.next(), method.clone(), self.metrics.clone())
+        AccessRecord::new(
+            self.request_id(headers),
+            method.clone(),
+            self.metrics.clone(),
+        )
+    }
+
+    /// The request's id: a new one at the agent's hop; at a relay, the gateway's when it is one
+    /// valid `x-request-id` (untrusted input: anything else is replaced, and the replacement
+    /// logged without the rejected bytes).
+    fn request_id(&self, headers: Option<&HeaderMap>) -> String {
+        if self.local == LocalEndpoints::Answer {
+            return self.ids.next();
+        }
+        let Some(headers) = headers else {
+            return self.ids.next();
+        };
+        let mut values = headers.get_all(X_REQUEST_ID).iter();
+        match (values.next(), values.next()) {
+            (Some(v), None) if telemetry::valid_request_id(v.as_bytes()) => {
+                // Checked: ASCII only.
+                String::from_utf8_lossy(v.as_bytes()).into_owned()
+            }
+            (None, _) => self.ids.next(),
+            _ => {
+                let id = self.ids.next();
+                tracing::warn!(
+                    request_id = %id,
+                    "x-request-id from the sandbox is not a valid request id; replaced"
+                );
+                id
+            }
+        }
     }
 
     /// A dispatcher's failure: counted, logged with its source, answered per the failure table.
@@ -237,6 +298,7 @@ impl<D: Dispatch> Pipeline<D> {
         if e.is_upstream_error() {
             self.metrics.upstream_errors.fetch_add(1, Ordering::Relaxed);
         }
+        record.failed = true;
         if matches!(
             e,
             ForwardError::Unsent { .. }
@@ -264,8 +326,12 @@ impl<D: Dispatch> Pipeline<D> {
             parts.headers.insert(X_REQUEST_ID, v);
         }
         record.status = parts.status.as_u16();
-        self.metrics
-            .record_outcome(record.route.as_ref(), record.status, record.code);
+        self.metrics.record_outcome(
+            record.route.as_ref(),
+            record.status,
+            record.code,
+            record.failed,
+        );
         Response::from_parts(parts, Logged::new(inner, record, slot))
     }
 }

@@ -64,6 +64,11 @@ struct ReadyLine<'a> {
     pid: u32,
     #[serde(skip_serializing_if = "Option::is_none")]
     token: Option<&'a str>,
+    /// The admin listener's URL, when one is configured (docs/reference.md §3.8).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    admin: Option<String>,
+    run_id: &'a str,
+    role: &'a str,
 }
 
 /// Prints one JSON line on stdout and flushes it.
@@ -187,6 +192,8 @@ pub struct AgentSide {
     token: TokenConfig,
     lifecycle: Lifecycle,
     drain_timeout: Duration,
+    /// The admin listener's address, if any.
+    admin: Option<SocketAddr>,
 }
 
 impl AgentSide {
@@ -196,6 +203,7 @@ impl AgentSide {
             token,
             lifecycle: common.lifecycle,
             drain_timeout: common.limits.drain_timeout,
+            admin: common.admin,
         }
     }
 }
@@ -310,17 +318,23 @@ pub async fn serve<D: Dispatch>(
         token,
         lifecycle,
         drain_timeout,
+        admin,
     } = agent;
     let listener = Bound::new(&config.addr).await?;
     let addr = listener.addr();
+    let admin = crate::admin::Admin::bind(admin).await?;
     if let Some(on_bound) = hooks.on_bound {
         on_bound(&addr)?;
     }
+    let (run_id, role) = crate::telemetry::line_context();
     let ready = ReadyLine {
         event: "ready",
         url: addr.url(),
         pid: std::process::id(),
         token: token.generated.then(|| token.token.expose()),
+        admin: admin.as_ref().map(crate::admin::Admin::url),
+        run_id,
+        role,
     };
     let ready = serde_json::to_string(&ready).unwrap_or_default();
     if let Some(path) = &lifecycle.ready_file {
@@ -339,7 +353,11 @@ pub async fn serve<D: Dispatch>(
         });
     }
     pipeline.watch_lifecycle(&lifecycle, stop_tx);
+    if let Some(admin) = admin {
+        admin.spawn(pipeline.metrics().clone());
+    }
     hooks.lines.emit(&ready)?;
+    pipeline.metrics().readiness.serving(true);
     tracing::info!(
         listen = %addr,
         to = %pipeline.dispatcher().describe(),
@@ -396,6 +414,7 @@ pub async fn serve<D: Dispatch>(
         }
     };
 
+    pipeline.metrics().readiness.stopping();
     tracing::info!(reason = reason.as_str(), "shutting down");
     drop(listener);
     let _ = shutdown_tx.send(true);

@@ -15,29 +15,73 @@ use crate::cli::LogFormat;
 use crate::config::LogConfig;
 use crate::policy::DenyCode;
 
-/// Starts the tracing subscriber on stderr with the configured (already validated) level list.
-pub fn init_logging(cfg: &LogConfig) {
+/// The run id and role every log line carries (docs/reference.md §3.7), set once at start.
+#[derive(Debug)]
+struct LineContext {
+    run_id: String,
+    role: &'static str,
+    /// `,"run_id":"…","role":"…"`, appended to every JSON line.
+    json: Vec<u8>,
+    /// ` run_id=… role=…`, appended to every pretty line.
+    pretty: String,
+}
+
+static CONTEXT: std::sync::OnceLock<LineContext> = std::sync::OnceLock::new();
+
+/// Records the run id and role for every later log line (the first call wins).
+pub fn set_line_context(run_id: &str, role: &'static str) {
+    let mut json = Vec::with_capacity(64);
+    json.extend_from_slice(b",\"run_id\":");
+    json_str(&mut json, run_id);
+    json.extend_from_slice(b",\"role\":");
+    json_str(&mut json, role);
+    let _ = CONTEXT.set(LineContext {
+        run_id: run_id.to_owned(),
+        role,
+        json,
+        pretty: format!(" run_id={run_id} role={role}"),
+    });
+}
+
+/// The run id and role of this process (`-` and `-` before [`set_line_context`]).
+pub fn line_context() -> (&'static str, &'static str) {
+    CONTEXT
+        .get()
+        .map_or(("-", "-"), |c| (c.run_id.as_str(), c.role))
+}
+
+fn context_json() -> &'static [u8] {
+    CONTEXT.get().map_or(&[], |c| c.json.as_slice())
+}
+
+/// Starts the tracing subscriber on stderr with the configured (already validated) level list;
+/// every line carries `run_id` and `role` (`role` is `serve`, `gateway` or `relay`).
+pub fn init_logging(cfg: &LogConfig, role: &'static str) {
     use tracing_subscriber::filter::Targets;
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
+    set_line_context(&cfg.run_id.value, role);
     // `level` or `target=level` directives (comma-separated). Targets, not EnvFilter: the same
     // syntax without span filters, and without a regex engine in the binary.
     let filter = cfg
         .level
         .parse::<Targets>()
         .unwrap_or_else(|_| Targets::new().with_default(tracing::Level::INFO));
+    // Colours only for a terminal: a pretty log in a file or pipe stays plain text.
     let builder = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
-        .with_target(false);
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     let result = match cfg.format {
         LogFormat::Json => builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(false)
+            .event_format(JsonLine)
             .finish()
             .with(filter)
             .try_init(),
-        LogFormat::Pretty => builder.finish().with(filter).try_init(),
+        LogFormat::Pretty => builder
+            .event_format(PrettyLine::default())
+            .finish()
+            .with(filter)
+            .try_init(),
     };
     // A second init (tests, repeated calls) keeps the first subscriber.
     let _ = result;
@@ -49,6 +93,141 @@ pub fn init_logging(cfg: &LogConfig) {
         (LogFormat::Pretty, true) => ACCESS_TRACING,
     };
     ACCESS_MODE.store(mode, Ordering::Relaxed);
+}
+
+/// One JSON object per event: `timestamp`, `level`, the event's fields (`message` among them),
+/// then `run_id` and `role`. Spans are not used by the bridge and not written.
+struct JsonLine;
+
+impl<S, N> tracing_subscriber::fmt::FormatEvent<S, N> for JsonLine
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    N: for<'a> tracing_subscriber::fmt::FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        _ctx: &tracing_subscriber::fmt::FmtContext<'_, S, N>,
+        mut writer: tracing_subscriber::fmt::format::Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        let mut out = Vec::with_capacity(256);
+        out.extend_from_slice(b"{\"timestamp\":\"");
+        write_rfc3339(&mut out, SystemTime::now());
+        out.extend_from_slice(b"\",\"level\":\"");
+        out.extend_from_slice(event.metadata().level().as_str().as_bytes());
+        out.push(b'"');
+        event.record(&mut JsonFields(&mut out));
+        out.extend_from_slice(context_json());
+        out.extend_from_slice(b"}\n");
+        writer.write_str(&String::from_utf8_lossy(&out))
+    }
+}
+
+/// Writes each field as `,"name":value`.
+struct JsonFields<'a>(&'a mut Vec<u8>);
+
+impl JsonFields<'_> {
+    fn key(&mut self, field: &tracing::field::Field) {
+        self.0.push(b',');
+        json_str(self.0, field.name());
+        self.0.push(b':');
+    }
+}
+
+impl tracing::field::Visit for JsonFields<'_> {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        self.key(field);
+        json_str(self.0, &format!("{value:?}"));
+    }
+
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        self.key(field);
+        json_str(self.0, value);
+    }
+
+    fn record_u64(&mut self, field: &tracing::field::Field, value: u64) {
+        self.key(field);
+        push_u64(self.0, value);
+    }
+
+    fn record_i64(&mut self, field: &tracing::field::Field, value: i64) {
+        self.key(field);
+        if value < 0 {
+            self.0.push(b'-');
+        }
+        push_u64(self.0, value.unsigned_abs());
+    }
+
+    fn record_bool(&mut self, field: &tracing::field::Field, value: bool) {
+        self.key(field);
+        self.0
+            .extend_from_slice(if value { b"true" } else { b"false" });
+    }
+
+    fn record_f64(&mut self, field: &tracing::field::Field, value: f64) {
+        self.key(field);
+        if value.is_finite() {
+            let _ = write!(self.0, "{value}");
+        } else {
+            self.0.extend_from_slice(b"null");
+        }
+    }
+
+    fn record_error(
+        &mut self,
+        field: &tracing::field::Field,
+        value: &(dyn std::error::Error + 'static),
+    ) {
+        self.key(field);
+        json_str(self.0, &value.to_string());
+    }
+}
+
+/// tracing's default human format, with ` run_id=… role=…` at the end of each line.
+struct PrettyLine {
+    plain: tracing_subscriber::fmt::format::Format,
+    ansi: tracing_subscriber::fmt::format::Format,
+}
+
+impl Default for PrettyLine {
+    fn default() -> Self {
+        let base = tracing_subscriber::fmt::format().with_target(false);
+        PrettyLine {
+            plain: base.clone().with_ansi(false),
+            ansi: base.with_ansi(true),
+        }
+    }
+}
+
+impl<S, N> tracing_subscriber::fmt::FormatEvent<S, N> for PrettyLine
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    N: for<'a> tracing_subscriber::fmt::FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &tracing_subscriber::fmt::FmtContext<'_, S, N>,
+        mut writer: tracing_subscriber::fmt::format::Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        let inner = if writer.has_ansi_escapes() {
+            &self.ansi
+        } else {
+            &self.plain
+        };
+        let mut line = String::with_capacity(256);
+        inner.format_event(
+            ctx,
+            tracing_subscriber::fmt::format::Writer::new(&mut line),
+            event,
+        )?;
+        let body = line.strip_suffix('\n').unwrap_or(&line);
+        writer.write_str(body)?;
+        if let Some(c) = CONTEXT.get() {
+            writer.write_str(&c.pretty)?;
+        }
+        writer.write_char('\n')
+    }
 }
 
 const ACCESS_OFF: u8 = 0;
@@ -129,6 +308,7 @@ impl AccessLine<'_> {
         }
         out.extend_from_slice(b",\"query_keys\":");
         json_str(out, self.query_keys);
+        out.extend_from_slice(context_json());
         out.extend_from_slice(b"}\n");
     }
 }
@@ -231,6 +411,20 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
     (year, month, day)
 }
 
+/// Longest request id a relay accepts from the sandbox.
+pub const MAX_REQUEST_ID_LEN: usize = 64;
+
+/// Whether `id` may be used as a request id taken from the sandbox: 1 to
+/// [`MAX_REQUEST_ID_LEN`] bytes of `[A-Za-z0-9._:-]` (a UUID fits; nothing that could break a log
+/// line or a header does).
+pub fn valid_request_id(id: &[u8]) -> bool {
+    !id.is_empty()
+        && id.len() <= MAX_REQUEST_ID_LEN
+        && id
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
+}
+
 /// Request ids: UUIDv7 (time-ordered) whose random bits come from a per-process seed and a
 /// counter, so minting one costs no system call (the OS RNG is read once, at start).
 #[derive(Debug)]
@@ -302,6 +496,9 @@ pub struct AccessRecord {
     /// Whether the access log gets a line: not for health probes, which a container runtime or
     /// a spawner sends every few seconds (they are still counted in the metrics).
     pub logged: bool,
+    /// The request was allowed and dispatched, and the dispatch failed (`code` says how): counted
+    /// under `failed`, not `denied`, in the exit line.
+    pub failed: bool,
 }
 
 impl AccessRecord {
@@ -318,6 +515,7 @@ impl AccessRecord {
             req_state: None,
             metrics,
             logged: true,
+            failed: false,
         }
     }
 
@@ -433,7 +631,12 @@ pub struct Metrics {
     peer_refused: AtomicU64,
     /// Count per (route id or "-", status, deny code or "").
     by_outcome: Mutex<BTreeMap<OutcomeKey, u64>>,
+    /// Answers the bridge made without dispatching (token, policy, limits), by code.
     denied: Mutex<BTreeMap<&'static str, u64>>,
+    /// Allowed requests whose dispatch failed, by code.
+    failed: Mutex<BTreeMap<&'static str, u64>>,
+    /// What the admin listener's `/readyz` answers.
+    pub readiness: Readiness,
     latency_buckets: [AtomicU64; LATENCY_BUCKETS.len()],
     latency_count: AtomicU64,
     latency_sum_us: AtomicU64,
@@ -446,6 +649,7 @@ impl Metrics {
         route: Option<&std::sync::Arc<str>>,
         status: u16,
         code: Option<DenyCode>,
+        failed: bool,
     ) {
         static NO_ROUTE: std::sync::LazyLock<std::sync::Arc<str>> =
             std::sync::LazyLock::new(|| std::sync::Arc::from("-"));
@@ -455,8 +659,9 @@ impl Metrics {
         *map.entry((route, status, code_str)).or_insert(0) += 1;
         drop(map);
         if let Some(code) = code {
-            let mut denied = self.denied.lock().unwrap_or_else(|e| e.into_inner());
-            *denied.entry(code.as_str()).or_insert(0) += 1;
+            let map = if failed { &self.failed } else { &self.denied };
+            let mut map = map.lock().unwrap_or_else(|e| e.into_inner());
+            *map.entry(code.as_str()).or_insert(0) += 1;
         }
     }
 
@@ -482,7 +687,18 @@ impl Metrics {
         use std::fmt::Write;
         let mut out = String::with_capacity(2048);
         let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        let _ = writeln!(out, "# HELP callback_bridge_requests_total Requests received, by route id, status and deny code.");
+        let _ = writeln!(
+            out,
+            "# HELP callback_bridge_build_info The running build: version and git commit."
+        );
+        let _ = writeln!(out, "# TYPE callback_bridge_build_info gauge");
+        let _ = writeln!(
+            out,
+            "callback_bridge_build_info{{version=\"{}\",commit=\"{}\"}} 1",
+            escape_label(env!("CARGO_PKG_VERSION")),
+            escape_label(env!("CALLBACK_BRIDGE_GIT_COMMIT"))
+        );
+        let _ = writeln!(out, "# HELP callback_bridge_requests_total Requests answered, by route id, status and deny code.");
         let _ = writeln!(out, "# TYPE callback_bridge_requests_total counter");
         for ((route, status, code), n) in self
             .by_outcome
@@ -492,7 +708,7 @@ impl Metrics {
         {
             let _ = writeln!(
                 out,
-                "callback_bridge_requests_total{{route=\"{}\",status=\"{status}\",code=\"{code}\"}} {n}",
+                "callback_bridge_requests_total{{route=\"{}\",status=\"{status}\",deny_code=\"{code}\"}} {n}",
                 escape_label(route)
             );
         }
@@ -512,21 +728,21 @@ impl Metrics {
         );
         scalar(
             &mut out,
-            "in_flight",
+            "in_flight_requests",
             "gauge",
             "Requests being handled now.",
             self.in_flight.load(Ordering::Relaxed),
         );
         scalar(
             &mut out,
-            "bytes_in_total",
+            "request_body_bytes_total",
             "counter",
             "Request body bytes received from agents.",
             g(&self.bytes_in),
         );
         scalar(
             &mut out,
-            "bytes_out_total",
+            "response_body_bytes_total",
             "counter",
             "Response body bytes sent to agents.",
             g(&self.bytes_out),
@@ -576,21 +792,68 @@ impl Metrics {
             requests: u64,
             forwarded: u64,
             denied: BTreeMap<&'static str, u64>,
+            failed: BTreeMap<&'static str, u64>,
             upstream_errors: u64,
+            run_id: &'a str,
+            role: &'a str,
         }
+        let (run_id, role) = line_context();
+        let copy = |m: &Mutex<BTreeMap<&'static str, u64>>| {
+            m.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        };
         let line = ExitLine {
             event: "exit",
             reason,
             requests: self.requests.load(Ordering::Relaxed),
             forwarded: self.forwarded.load(Ordering::Relaxed),
-            denied: self
-                .denied
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .clone(),
+            denied: copy(&self.denied),
+            failed: copy(&self.failed),
             upstream_errors: self.upstream_errors.load(Ordering::Relaxed),
+            run_id,
+            role,
         };
         serde_json::to_string(&line).unwrap_or_default()
+    }
+}
+
+/// What `/readyz` on the admin listener answers (docs/reference.md §3.8): ready once the role
+/// is serving (readiness line printed; for the stdio relay, while a session with its gateway is
+/// up), not once it starts to stop, and not while the last request that tried to reach the next
+/// hop (the upstream, or the relay for a gateway) could not.
+#[derive(Debug, Default)]
+pub struct Readiness {
+    serving: std::sync::atomic::AtomicBool,
+    stopping: std::sync::atomic::AtomicBool,
+    next_hop_down: std::sync::atomic::AtomicBool,
+}
+
+impl Readiness {
+    /// The role serves (or, for the stdio relay, its session is up or lost).
+    pub fn serving(&self, up: bool) {
+        self.serving.store(up, Ordering::Relaxed);
+    }
+
+    /// The role stops: not ready again.
+    pub fn stopping(&self) {
+        self.stopping.store(true, Ordering::Relaxed);
+    }
+
+    /// The outcome of the last attempt to reach the next hop.
+    pub fn next_hop(&self, reached: bool) {
+        self.next_hop_down.store(!reached, Ordering::Relaxed);
+    }
+
+    /// `Ok` when ready, else why not: `starting`, `stopping` or `next_hop_unreachable`.
+    pub fn check(&self) -> Result<(), &'static str> {
+        if self.stopping.load(Ordering::Relaxed) {
+            Err("stopping")
+        } else if !self.serving.load(Ordering::Relaxed) {
+            Err("starting")
+        } else if self.next_hop_down.load(Ordering::Relaxed) {
+            Err("next_hop_unreachable")
+        } else {
+            Ok(())
+        }
     }
 }
 
@@ -658,6 +921,62 @@ mod tests {
     }
 
     #[test]
+    fn json_log_lines_are_json_with_run_id_and_role() {
+        use std::sync::{Arc, Mutex};
+        #[derive(Clone, Default)]
+        struct Buf(Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Buf {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        set_line_context("run-t", "serve");
+        let buf = Buf::default();
+        let writer = buf.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .event_format(JsonLine)
+            .finish();
+        let err = std::io::Error::other("bad \"thing\"");
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::warn!(
+                n = 7u64,
+                neg = -3i64,
+                ratio = 0.5f64,
+                nan = f64::NAN,
+                ok = true,
+                text = "a\nb",
+                error = %err,
+                "hello \"world\""
+            );
+        });
+        let out = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        assert!(
+            out.ends_with('\n') && out.matches('\n').count() == 1,
+            "{out}"
+        );
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v["level"], "WARN");
+        assert_eq!(v["message"], "hello \"world\"");
+        assert_eq!(
+            (&v["n"], &v["neg"], &v["ratio"]),
+            (&7.into(), &(-3).into(), &0.5.into())
+        );
+        assert!(v["nan"].is_null());
+        assert_eq!((&v["ok"], &v["text"]), (&true.into(), &"a\nb".into()));
+        assert_eq!(v["error"], "bad \"thing\"");
+        assert_eq!(
+            (&v["run_id"], &v["role"]),
+            (&"run-t".into(), &"serve".into())
+        );
+        assert!(v["timestamp"].as_str().is_some_and(|t| t.ends_with('Z')));
+    }
+
+    #[test]
     fn numbers_format_like_display() {
         for n in [0u64, 7, 10, 999, 1000, 123_456_789, u64::MAX] {
             let mut out = Vec::new();
@@ -700,12 +1019,56 @@ mod tests {
     fn exit_line_counts_denials_by_code() {
         let m = Metrics::default();
         m.requests.fetch_add(2, Ordering::Relaxed);
-        m.record_outcome(None, 401, Some(DenyCode::InvalidToken));
-        m.record_outcome(Some(&std::sync::Arc::from("agents.me")), 200, None);
+        m.requests.fetch_add(1, Ordering::Relaxed);
+        m.record_outcome(None, 401, Some(DenyCode::InvalidToken), false);
+        m.record_outcome(Some(&std::sync::Arc::from("agents.me")), 200, None, false);
+        m.record_outcome(
+            Some(&std::sync::Arc::from("agents.me")),
+            502,
+            Some(DenyCode::UpstreamUnavailable),
+            true,
+        );
         let v: serde_json::Value = serde_json::from_str(&m.exit_line("signal")).unwrap();
         assert_eq!(v["reason"], "signal");
-        assert_eq!(v["requests"], 2);
-        assert_eq!(v["denied"]["invalid_token"], 1);
-        assert!(m.render().contains("code=\"invalid_token\"} 1"));
+        assert_eq!(v["requests"], 3);
+        assert_eq!(v["denied"], serde_json::json!({"invalid_token": 1}));
+        assert_eq!(v["failed"], serde_json::json!({"upstream_unavailable": 1}));
+        let text = m.render();
+        assert!(text.contains("deny_code=\"invalid_token\"} 1"));
+        assert!(text.contains("deny_code=\"upstream_unavailable\"} 1"));
+        assert!(text.contains("callback_bridge_build_info{version=\""));
+    }
+
+    #[test]
+    fn request_ids_from_the_sandbox_are_bounded_and_plain() {
+        assert!(valid_request_id(b"0193f2c4-7a1e-7b55-9d3c-5e8f0a1b2c3d"));
+        assert!(valid_request_id(b"a.b_c:d-E9"));
+        assert!(!valid_request_id(b""));
+        assert!(!valid_request_id(&[b'a'; MAX_REQUEST_ID_LEN + 1]));
+        for bad in [
+            &b"a b"[..],
+            b"a\"b",
+            b"a\nb",
+            b"a\\b",
+            b"\xc3\xa9",
+            b"a,b",
+            b"a=b",
+        ] {
+            assert!(!valid_request_id(bad), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn readiness_needs_serving_and_no_stop_and_a_reachable_next_hop() {
+        let r = Readiness::default();
+        assert_eq!(r.check(), Err("starting"));
+        r.serving(true);
+        assert_eq!(r.check(), Ok(()));
+        r.next_hop(false);
+        assert_eq!(r.check(), Err("next_hop_unreachable"));
+        r.next_hop(true);
+        assert_eq!(r.check(), Ok(()));
+        r.stopping();
+        assert_eq!(r.check(), Err("stopping"));
     }
 }

@@ -53,7 +53,7 @@ fn ready_line_carries_url_pid_and_a_generated_token() {
     let keys: Vec<&str> = obj.keys().map(String::as_str).collect();
     for k in &keys {
         assert!(
-            ["event", "url", "pid", "token"].contains(k),
+            ["event", "url", "pid", "token", "run_id", "role"].contains(k),
             "unexpected key {k} in the readiness line {ready}"
         );
     }
@@ -235,6 +235,13 @@ fn exit_summary_counts_upstream_errors() {
     let exit = bridge.wait_exit_line(WAIT);
     assert_eq!(exit["upstream_errors"], 1, "{exit}");
     assert_eq!(exit["requests"], 1, "{exit}");
+    // A forwarding failure is not a denial (docs/reference.md §3.4).
+    assert_eq!(exit["denied"], serde_json::json!({}), "{exit}");
+    assert_eq!(
+        exit["failed"],
+        serde_json::json!({"upstream_unavailable": 1}),
+        "{exit}"
+    );
 }
 
 #[test]

@@ -528,13 +528,27 @@ fn node_gateway_round_trip(end_with_data: bool) {
     assert_eq!(got.status, 200, "{}", String::from_utf8_lossy(&got.body));
     assert_eq!(got.json()["target"], "/api/agents/me?x=1");
     let expected_auth = format!("Bearer {UPSTREAM_TOKEN}");
+    let seen = upstream.find("/api/agents/me?x=1");
     assert_eq!(
-        upstream
-            .find("/api/agents/me?x=1")
-            .header("authorization")
-            .as_deref(),
+        seen.header("authorization").as_deref(),
         Some(expected_auth.as_str())
     );
+    // Paperclip's gateway sends no x-request-id: the relay makes one, forwards it and logs it
+    // (docs/reference.md §3.7).
+    let ids = seen.header_all("x-request-id");
+    assert!(ids.len() == 1 && ids[0].len() == 36, "{ids:?}");
+    let logged = |relay: &Proc| {
+        relay.stderr_lines().iter().any(|l| {
+            serde_json::from_str::<serde_json::Value>(l).is_ok_and(|v| {
+                v["message"] == "request"
+                    && v["request_id"] == ids[0].as_str()
+                    && v["role"] == "relay"
+            })
+        })
+    };
+    wait_until("the relay's access line with the forwarded id", || {
+        logged(&relay)
+    });
 
     let bytes = pattern(200 * 1024 + 1, 3);
     let got = request(

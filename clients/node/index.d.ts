@@ -82,6 +82,8 @@ export interface ReadyLine {
   token?: string;
   transport?: 'queue' | 'stdio';
   queue_dir?: string;
+  /** The admin listener's URL, when `--admin-listen` is set. */
+  admin?: string;
   [field: string]: unknown;
 }
 
@@ -91,9 +93,13 @@ export interface ExitSummary {
   reason: 'signal' | 'lifeline' | 'lifetime' | 'idle' | string;
   requests: number;
   forwarded: number;
-  /** Denied requests by deny code, e.g. `{ "invalid_token": 1 }`. */
+  /** Requests the bridge answered without dispatching, by deny code, e.g. `{ "invalid_token": 1 }`. */
   denied: Record<string, number>;
+  /** Requests dispatched whose forwarding failed, by code, e.g. `{ "upstream_unavailable": 1 }`. */
+  failed: Record<string, number>;
   upstream_errors: number;
+  run_id: string;
+  role: 'serve' | 'gateway' | 'relay';
   [field: string]: unknown;
 }
 

@@ -8,7 +8,8 @@ use serde::de::DeserializeOwned;
 
 use super::{env_nonempty, ConfigError, Env};
 use crate::cli::{
-    CommonOptions, GatewayTransportOptions, ListenOptions, RelayTransportOptions, UpstreamOptions,
+    AdminOptions, CommonOptions, GatewayTransportOptions, ListenOptions, RelayTransportOptions,
+    UpstreamOptions,
 };
 
 /// The roles, for telling which file keys a command uses.
@@ -34,15 +35,18 @@ impl FileRole {
             FileRole::Serve => vec![
                 keys::<CommonOptions>(),
                 keys::<ListenOptions>(),
+                keys::<AdminOptions>(),
                 keys::<UpstreamOptions>(),
             ],
             FileRole::Gateway => vec![
                 keys::<CommonOptions>(),
                 keys::<ListenOptions>(),
+                keys::<AdminOptions>(),
                 keys::<GatewayTransportOptions>(),
             ],
             FileRole::Relay => vec![
                 keys::<CommonOptions>(),
+                keys::<AdminOptions>(),
                 keys::<UpstreamOptions>(),
                 keys::<RelayTransportOptions>(),
             ],
@@ -192,6 +196,10 @@ pub(super) fn with_file(
     let mut merged = flags.or(from_file);
     if merged.max_body_bytes.is_none() {
         merged.max_body_bytes = super::attachment_body_limit(env)?;
+    }
+    // Paperclip's run id ranks below every source of `run_id`.
+    if merged.run_id.as_deref().map_or(true, str::is_empty) {
+        merged.run_id = env_nonempty(env, "PAPERCLIP_RUN_ID");
     }
     Ok((MergedCommon { merged }, file))
 }

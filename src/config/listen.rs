@@ -189,7 +189,15 @@ fn id_list(key: &'static str, ids: Option<&[u32]>) -> Result<Option<Vec<u32>>, C
 
 /// `IP:PORT` or `localhost:PORT`; loopback only unless `allow_non_loopback`.
 pub fn parse_tcp(raw: &str, allow_non_loopback: bool) -> Result<SocketAddr, ConfigError> {
-    let key = "listen";
+    parse_tcp_for("listen", raw, allow_non_loopback)
+}
+
+/// [`parse_tcp`] for the setting `key` (`listen`, `admin_listen`).
+pub fn parse_tcp_for(
+    key: &'static str,
+    raw: &str,
+    allow_non_loopback: bool,
+) -> Result<SocketAddr, ConfigError> {
     let addr = match raw.parse::<SocketAddr>() {
         Ok(a) => a,
         Err(_) => match raw.rsplit_once(':') {
@@ -200,10 +208,15 @@ pub fn parse_tcp(raw: &str, allow_non_loopback: bool) -> Result<SocketAddr, Conf
                 SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port)
             }
             _ => {
+                let forms = if key == "listen" {
+                    "an IP:PORT address or unix:PATH"
+                } else {
+                    "an IP:PORT address"
+                };
                 return Err(invalid(
                     key,
-                    format!("{raw:?} is not an IP:PORT address or unix:PATH (e.g. 127.0.0.1:0)"),
-                ))
+                    format!("{raw:?} is not {forms} (e.g. 127.0.0.1:0)"),
+                ));
             }
         },
     };

@@ -15,9 +15,9 @@ use secrecy::SecretString;
 
 use crate::auth::{BridgeToken, UpstreamCredential};
 use crate::cli::{
-    self, CommonOptions, DurationArg, GatewayArgs, GatewayTransportOptions, Handshake, HealthArgs,
-    Lifeline, ListenOptions, LogFormat, RelayArgs, RelayTransportOptions, ServeArgs, TransportKind,
-    UpstreamOptions,
+    self, AdminOptions, CommonOptions, DurationArg, GatewayArgs, GatewayTransportOptions,
+    Handshake, HealthArgs, Lifeline, ListenOptions, LogFormat, RelayArgs, RelayTransportOptions,
+    ServeArgs, TransportKind, UpstreamOptions,
 };
 use crate::policy::{HeaderRules, Policy, RouteTable};
 
@@ -145,6 +145,15 @@ pub enum Role {
 }
 
 impl Role {
+    /// The `role` of every log line: `serve`, `gateway` or `relay`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Role::Serve(_) => "serve",
+            Role::QueueGateway(_) | Role::StdioGateway(_) => "gateway",
+            Role::QueueRelay(_) | Role::StdioRelay(_) | Role::AutoRelay(_) => "relay",
+        }
+    }
+
     pub fn log(&self) -> &LogConfig {
         match self {
             Role::Serve(c) => &c.common.log,
@@ -202,6 +211,81 @@ pub struct LogConfig {
     pub format: LogFormat,
     /// A validated `level` or `target=level,…` list.
     pub level: String,
+    /// The run id on every log line (docs/reference.md §3.7).
+    pub run_id: RunId,
+}
+
+/// The run id: configured (`run_id`, else `PAPERCLIP_RUN_ID`), or generated for the logs.
+#[derive(Debug, Clone)]
+pub struct RunId {
+    /// 1–[`MAX_RUN_ID_LEN`] characters of `[A-Za-z0-9._:-]`.
+    pub value: String,
+    /// Whether it was configured: only a configured run id is sent upstream.
+    pub configured: bool,
+}
+
+/// Longest run id accepted.
+pub const MAX_RUN_ID_LEN: usize = 128;
+
+impl RunId {
+    /// The configured value, or a fresh UUIDv7 when `None` or empty.
+    fn new(configured: Option<&str>) -> Result<RunId, ConfigError> {
+        match configured.filter(|s| !s.is_empty()) {
+            Some(value) => {
+                let ok = value.len() <= MAX_RUN_ID_LEN
+                    && value.bytes().all(|b| {
+                        b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-')
+                    });
+                if !ok {
+                    // Not echoed: a mistyped value could be anything, a secret included.
+                    return Err(invalid(
+                        "run_id",
+                        format!("must be 1 to {MAX_RUN_ID_LEN} characters of A-Z a-z 0-9 . _ : -"),
+                    ));
+                }
+                Ok(RunId {
+                    value: value.to_owned(),
+                    configured: true,
+                })
+            }
+            None => Ok(RunId {
+                value: uuid::Uuid::now_v7().hyphenated().to_string(),
+                configured: false,
+            }),
+        }
+    }
+
+    /// The `x-paperclip-run-id` value sent upstream: only a configured run id.
+    fn upstream_header(&self) -> Option<http::HeaderValue> {
+        self.configured
+            .then(|| http::HeaderValue::from_str(&self.value).ok())
+            .flatten()
+    }
+
+    /// Refuses a run id equal to a secret: it is printed on every log line.
+    fn refuse_secret(
+        &self,
+        token: Option<&BridgeToken>,
+        credential: Option<&UpstreamCredential>,
+    ) -> Result<(), ConfigError> {
+        if !self.configured {
+            return Ok(());
+        }
+        let id = self.value.as_bytes();
+        let is_token = token.is_some_and(|t| t.expose().as_bytes() == id);
+        let is_credential = credential.is_some_and(|c| {
+            let v = c.value().as_bytes();
+            v == id || (v.ends_with(id) && v[..v.len() - id.len()].ends_with(b" "))
+        });
+        if is_token || is_credential {
+            return Err(invalid(
+                "run_id",
+                "equals a secret (the bridge token or the upstream credential); it is logged on \
+                 every line and must not be one",
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// What every role has: the policy, limits, lifecycle and logging.
@@ -211,6 +295,8 @@ pub struct Common {
     pub limits: Limits,
     pub lifecycle: Lifecycle,
     pub log: LogConfig,
+    /// The admin listener's address (docs/reference.md §3.8), if any.
+    pub admin: Option<std::net::SocketAddr>,
 }
 
 /// The bridge token a role checks, and whether it was generated (then it is printed once on the
@@ -364,17 +450,22 @@ pub fn load(command: cli::Command, env: Env<'_>) -> Result<Run, ConfigError> {
 fn serve(args: ServeArgs, env: Env<'_>) -> Result<ServeConfig, ConfigError> {
     let ServeArgs {
         listen,
+        admin,
         upstream,
         common,
     } = args;
     let (common, file) = with_file(common, FileRole::Serve, env)?;
     let listen = listen.or(file.group()?);
+    let admin = admin.or(file.group()?);
     let upstream = upstream.or(file.upstream_group()?);
+    let mut target = target(&upstream, env)?;
+    let token = token_or_generate(load_token(&common.merged, env)?)?;
+    let common = common.validate_for_upstream(&admin, Some(&token), &mut target)?;
     Ok(ServeConfig {
-        listener: listener(&listen)?,
-        target: target(&upstream, env)?,
-        token: token_or_generate(load_token(&common.merged, env)?)?,
-        common: common.validate()?,
+        listener: listener(&listen, &admin)?,
+        target,
+        token,
+        common,
     })
 }
 
@@ -383,12 +474,14 @@ fn gateway(args: GatewayArgs, env: Env<'_>) -> Result<Role, ConfigError> {
     let GatewayArgs {
         transport,
         mut listen,
+        admin,
         mut common,
     } = args;
     let mut transport = transport;
     paperclip_gateway_aliases(&mut transport, &mut listen, &mut common, env)?;
     let (common, file) = with_file(common, FileRole::Gateway, env)?;
     let listen = listen.or(file.group()?);
+    let admin = admin.or(file.group()?);
     let transport = transport.or(file.group()?);
     let kind = transport_kind(transport.transport, env)?;
     if kind == TransportKind::Auto {
@@ -405,7 +498,7 @@ fn gateway(args: GatewayArgs, env: Env<'_>) -> Result<Role, ConfigError> {
         None if kind == TransportKind::Queue => DEFAULT_QUEUE_RESPONSE_TIMEOUT,
         None => DEFAULT_STDIO_RESPONSE_TIMEOUT,
     };
-    let listener = listener(&listen)?;
+    let listener = listener(&listen, &admin)?;
     match kind {
         TransportKind::Queue => {
             let queue_dir = transport.queue_dir.clone().ok_or_else(|| {
@@ -422,10 +515,13 @@ fn gateway(args: GatewayArgs, env: Env<'_>) -> Result<Role, ConfigError> {
                 .poll_interval
                 .map_or(MAX_POLL_INTERVAL, |d| d.0)
                 .clamp(MIN_POLL_INTERVAL, MAX_POLL_INTERVAL);
+            let token = token_or_generate(load_token(&common.merged, env)?)?;
+            let common = common.validate(&admin)?;
+            common.log.run_id.refuse_secret(Some(&token.token), None)?;
             Ok(Role::QueueGateway(QueueGatewayConfig {
                 listener,
-                token: token_or_generate(load_token(&common.merged, env)?)?,
-                common: common.validate()?,
+                token,
+                common,
                 queue_dir,
                 response_timeout,
                 poll_interval,
@@ -452,9 +548,13 @@ fn gateway(args: GatewayArgs, env: Env<'_>) -> Result<Role, ConfigError> {
                 Handshake::Stdin => StdioHandshake::Stdin,
                 Handshake::Env => stdio_handshake_from_env(&common.merged, env)?,
             };
+            let common = common.validate(&admin)?;
+            if let StdioHandshake::Env { token, .. } = &handshake {
+                common.log.run_id.refuse_secret(Some(token), None)?;
+            }
             Ok(Role::StdioGateway(StdioGatewayConfig {
                 listener,
-                common: common.validate()?,
+                common,
                 handshake,
                 response_timeout,
             }))
@@ -466,11 +566,13 @@ fn gateway(args: GatewayArgs, env: Env<'_>) -> Result<Role, ConfigError> {
 fn relay(args: RelayArgs, env: Env<'_>) -> Result<Role, ConfigError> {
     let RelayArgs {
         transport,
+        admin,
         upstream,
         common,
         command,
     } = args;
     let (common, file) = with_file(common, FileRole::Relay, env)?;
+    let admin = admin.or(file.group()?);
     let upstream = upstream.or(file.upstream_group()?);
     let transport: RelayTransportOptions = transport.or(file.group()?);
     let kind = transport_kind(transport.transport, env)?;
@@ -501,7 +603,7 @@ fn relay(args: RelayArgs, env: Env<'_>) -> Result<Role, ConfigError> {
             }
         }));
     }
-    let target = target(&upstream, env)?;
+    let mut target = target(&upstream, env)?;
     let queue_dir = || -> Result<String, ConfigError> {
         let dir = transport
             .queue_dir
@@ -515,15 +617,18 @@ fn relay(args: RelayArgs, env: Env<'_>) -> Result<Role, ConfigError> {
     };
     let sandbox_helper = transport.sandbox_helper.clone().filter(|p| !p.is_empty());
     match kind {
-        TransportKind::Queue => Ok(Role::QueueRelay(QueueRelayConfig {
-            target,
-            common: common.validate()?,
-            queue_dir: queue_dir()?,
-            sandbox_helper,
-            command,
-            scrub,
-            fallback_reason: None,
-        })),
+        TransportKind::Queue => {
+            let common = common.validate_for_upstream(&admin, None, &mut target)?;
+            Ok(Role::QueueRelay(QueueRelayConfig {
+                target,
+                common,
+                queue_dir: queue_dir()?,
+                sandbox_helper,
+                command,
+                scrub,
+                fallback_reason: None,
+            }))
+        }
         TransportKind::Auto => {
             let queue_dir = queue_dir()?;
             let script = transport
@@ -538,11 +643,13 @@ fn relay(args: RelayArgs, env: Env<'_>) -> Result<Role, ConfigError> {
                 })?;
             let mut stdio_command = command.clone();
             stdio_command.push(script);
+            let token = token_or_generate(load_token(&common.merged, env)?)?;
+            let common = common.validate_for_upstream(&admin, Some(&token), &mut target)?;
             Ok(Role::AutoRelay(AutoRelayConfig {
                 stdio: StdioRelayConfig {
                     target,
-                    token: token_or_generate(load_token(&common.merged, env)?)?,
-                    common: common.validate()?,
+                    token,
+                    common,
                     handshake: transport.handshake.unwrap_or(Handshake::Env),
                     command: stdio_command,
                     scrub,
@@ -553,15 +660,19 @@ fn relay(args: RelayArgs, env: Env<'_>) -> Result<Role, ConfigError> {
                 prefix: command,
             }))
         }
-        TransportKind::Stdio => Ok(Role::StdioRelay(StdioRelayConfig {
-            target,
-            token: token_or_generate(load_token(&common.merged, env)?)?,
-            common: common.validate()?,
-            handshake: transport.handshake.unwrap_or(Handshake::Env),
-            command,
-            scrub,
-            stall_timeout: stall_timeout(env)?,
-        })),
+        TransportKind::Stdio => {
+            let token = token_or_generate(load_token(&common.merged, env)?)?;
+            let common = common.validate_for_upstream(&admin, Some(&token), &mut target)?;
+            Ok(Role::StdioRelay(StdioRelayConfig {
+                target,
+                token,
+                common,
+                handshake: transport.handshake.unwrap_or(Handshake::Env),
+                command,
+                scrub,
+                stall_timeout: stall_timeout(env)?,
+            }))
+        }
     }
 }
 
@@ -815,7 +926,24 @@ impl Scrub {
 // ---------------------------------------------------------------------------------------------
 
 impl MergedCommon {
-    fn validate(self) -> Result<Common, ConfigError> {
+    /// [`validate`](Self::validate) for a role that forwards upstream: also refuses a run id
+    /// equal to a secret and gives `target` the run id it sends upstream.
+    fn validate_for_upstream(
+        self,
+        admin: &AdminOptions,
+        token: Option<&TokenConfig>,
+        target: &mut Target,
+    ) -> Result<Common, ConfigError> {
+        let common = self.validate(admin)?;
+        common
+            .log
+            .run_id
+            .refuse_secret(token.map(|t| &t.token), target.credential.as_ref())?;
+        target.run_id = common.log.run_id.upstream_header();
+        Ok(common)
+    }
+
+    fn validate(self, admin: &AdminOptions) -> Result<Common, ConfigError> {
         let opts = self.merged;
         let policy = build_policy(&opts)?;
         let rate_per_second = opts
@@ -847,14 +975,25 @@ impl MergedCommon {
             limits,
             lifecycle,
             log: log_config(&opts)?,
+            admin: admin
+                .admin_listen
+                .as_deref()
+                .map(|raw| {
+                    listen::parse_tcp_for(
+                        "admin_listen",
+                        raw,
+                        admin.allow_non_loopback.unwrap_or(false),
+                    )
+                })
+                .transpose()?,
         })
     }
 }
 
-fn listener(opts: &ListenOptions) -> Result<Listener, ConfigError> {
+fn listener(opts: &ListenOptions, admin: &AdminOptions) -> Result<Listener, ConfigError> {
     let addr = listen::parse(listen::RawListen {
         listen: opts.listen.as_deref().unwrap_or("127.0.0.1:0"),
-        allow_non_loopback: opts.allow_non_loopback.unwrap_or(false),
+        allow_non_loopback: admin.allow_non_loopback.unwrap_or(false),
         mode: opts.listen_mode.as_deref(),
         allow_peer_uid: opts.allow_peer_uid.as_deref(),
         allow_peer_gid: opts.allow_peer_gid.as_deref(),
@@ -917,16 +1056,6 @@ fn target(opts: &UpstreamOptions, env: Env<'_>) -> Result<Target, ConfigError> {
              (--require-upstream-credential is on)"
         )));
     }
-    let run_id = opts
-        .run_id
-        .clone()
-        .or_else(|| env_nonempty(env, "PAPERCLIP_RUN_ID"))
-        .filter(|s| !s.is_empty())
-        .map(|s| {
-            http::HeaderValue::from_str(&s)
-                .map_err(|_| invalid("run_id", "is not a valid header value"))
-        })
-        .transpose()?;
     let ca = opts
         .upstream_ca_file
         .as_deref()
@@ -936,7 +1065,8 @@ fn target(opts: &UpstreamOptions, env: Env<'_>) -> Result<Target, ConfigError> {
         upstream,
         ca,
         credential,
-        run_id,
+        // Set from the run id once the common options are validated.
+        run_id: None,
         connect_timeout: positive(
             "upstream_connect_timeout",
             duration_or(
@@ -1083,6 +1213,7 @@ fn log_config(opts: &CommonOptions) -> Result<LogConfig, ConfigError> {
                 LogFormat::Json
             }),
         level,
+        run_id: RunId::new(opts.run_id.as_deref())?,
     })
 }
 

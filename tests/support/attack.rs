@@ -64,7 +64,13 @@ pub fn assert_well_formed_forward(
         "only the injected credential goes upstream"
     );
     assert_eq!(r.header_all("x-paperclip-run-id"), [RUN_ID]);
-    const ALLOWED: [&str; 11] = [
+    let ids = r.header_all("x-request-id");
+    assert!(
+        ids.len() == 1 && !ids[0].is_empty(),
+        "exactly one x-request-id, the bridge's: {ids:?}"
+    );
+    const ALLOWED: [&str; 12] = [
+        "x-request-id",
         "accept",
         "content-type",
         "if-match",

@@ -206,6 +206,7 @@ pub async fn run(config: QueueRelayConfig) -> Result<(), TransportError> {
     // readiness must stop the relay cleanly, not kill it.
     let (stop_tx, stop_rx) = mpsc::channel(4);
     core.pipeline.watch_lifecycle(&common.lifecycle, stop_tx);
+    let admin = crate::admin::start(common.admin, &metrics).await?;
     #[derive(serde::Serialize)]
     struct ReadyLine<'a> {
         event: &'static str,
@@ -217,6 +218,8 @@ pub async fn run(config: QueueRelayConfig) -> Result<(), TransportError> {
         /// `--transport auto` only: why the stdio channel did not start.
         #[serde(skip_serializing_if = "Option::is_none")]
         fallback_reason: Option<&'static str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        admin: Option<String>,
     }
     let line = serde_json::to_string(&ReadyLine {
         event: "ready",
@@ -225,6 +228,7 @@ pub async fn run(config: QueueRelayConfig) -> Result<(), TransportError> {
         pid: std::process::id(),
         gateway_ready,
         fallback_reason,
+        admin,
     })
     .unwrap_or_default();
     if let Some(path) = &common.lifecycle.ready_file {
@@ -234,6 +238,7 @@ pub async fn run(config: QueueRelayConfig) -> Result<(), TransportError> {
         })?;
     }
     print_line(&line)?;
+    metrics.readiness.serving(true);
     tracing::info!(queue = %core.dir, prefix = %core.runner.describe(), to = %core.pipeline.dispatcher().describe(), "relay ready");
 
     if gateway_ready == Some(false) {

@@ -28,9 +28,10 @@ pub const MAX_CONCURRENT_STREAMS: u32 = 32;
 /// Largest HTTP/2 header list (HPACK-decoded, RFC 9113 accounting) either side accepts: the
 /// same 16 KiB the policy allows for an agent's request head (docs/reference.md §4 step 9).
 pub const MAX_HEADER_LIST_BYTES: u32 = 16 * 1024;
-/// Largest number of header pairs per stream the relay accepts before the policy runs; equals the
-/// policy's own limit, so a gateway cannot make the relay do more work than an agent could.
-pub const MAX_HEADER_PAIRS: usize = crate::policy::MAX_HEADER_COUNT;
+/// Largest number of header pairs per stream the relay accepts before the policy runs: the
+/// policy's own limit plus the `x-request-id` the gateway adds (which the relay takes out before
+/// the policy runs), so a gateway cannot make the relay do more work than an agent could.
+pub const MAX_HEADER_PAIRS: usize = crate::policy::MAX_HEADER_COUNT + 1;
 /// The relay (and the gateway) PING the peer this often, so that a session whose peer vanished
 /// without closing the pipe (a hung `ssh`, a frozen container) is noticed (Paperclip: 5 s).
 pub const PING_INTERVAL: Duration = Duration::from_secs(5);

@@ -115,11 +115,13 @@ pub async fn run_launched(
     ));
     let (stop_tx, stop_rx) = mpsc::channel(4);
     pipeline.watch_lifecycle(&common.lifecycle, stop_tx);
+    let admin = crate::admin::start(common.admin, &metrics).await?;
     let ready_line = serde_json::to_string(&ReadyLine {
         event: "ready",
         transport: "stdio",
         pid: std::process::id(),
         token: token.generated.then(|| token.token.expose()),
+        admin,
     })
     .unwrap_or_default();
     let launcher = Launcher {
@@ -158,6 +160,8 @@ struct ReadyLine<'a> {
     pid: u32,
     #[serde(skip_serializing_if = "Option::is_none")]
     token: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    admin: Option<String>,
 }
 
 /// How to start the gateway command.
@@ -439,6 +443,7 @@ impl Supervisor {
                         prefix,
                     } = launched;
                     let end = self.serve_session(&mut child, stdin, stdout, prefix).await;
+                    self.pipeline.metrics().readiness.serving(false);
                     let grace = match &end {
                         SessionEnd::Stopped(_) | SessionEnd::Lost(_) => CHILD_EXIT_GRACE,
                         // A frozen or hostile command will not exit by itself: kill it at once.
@@ -514,6 +519,7 @@ impl Supervisor {
 
     /// Prints the readiness line the first time a session comes up.
     fn announce(&mut self) -> Result<(), TransportError> {
+        self.pipeline.metrics().readiness.serving(true);
         let Some(line) = self.ready_line.take() else {
             tracing::info!("the gateway command is back; session restarted");
             return Ok(());
