@@ -150,11 +150,12 @@ impl ConfigFile {
         })
     }
 
-    /// The upstream options from the file; `upstream_ca_file` is resolved against the file's
-    /// directory.
+    /// The upstream options from the file; `upstream_ca_file` and `upstream_token_file` are
+    /// resolved against the file's directory.
     pub(super) fn upstream_group(&self) -> Result<UpstreamOptions, ConfigError> {
         let mut group: UpstreamOptions = self.group()?;
         group.upstream_ca_file = group.upstream_ca_file.map(|p| self.resolve(p));
+        group.upstream_token_file = group.upstream_token_file.map(|p| self.resolve(p));
         Ok(group)
     }
 

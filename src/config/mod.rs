@@ -1433,6 +1433,26 @@ mod tests {
     }
 
     #[test]
+    fn upstream_files_in_the_file_resolve_against_its_directory() {
+        let file = ConfigFile {
+            path: PathBuf::from("/etc/callback-bridge/bridge.toml"),
+            table: toml::from_str(
+                "upstream_token_file = \"secrets/key\"\nupstream_ca_file = \"/abs/ca.pem\"",
+            )
+            .unwrap(),
+        };
+        let group = file.upstream_group().unwrap();
+        assert_eq!(
+            group.upstream_token_file.as_deref(),
+            Some(std::path::Path::new("/etc/callback-bridge/secrets/key"))
+        );
+        assert_eq!(
+            group.upstream_ca_file.as_deref(),
+            Some(std::path::Path::new("/abs/ca.pem"))
+        );
+    }
+
+    #[test]
     fn unknown_file_keys_are_errors_that_name_the_closest_key() {
         let err = file_of("listn = \"127.0.0.1:0\"")
             .check_keys(FileRole::Serve)
