@@ -261,6 +261,9 @@ pub struct QueueRelayConfig {
     pub queue_dir: String,
     /// `--sandbox-helper`: the binary's path inside the sandbox, when given.
     pub sandbox_helper: Option<String>,
+    /// The gateway's response timeout, when the host knows it (`--response-timeout`,
+    /// `PAPERCLIP_BRIDGE_RESPONSE_TIMEOUT_MS`); otherwise each request file's, else 30 s.
+    pub response_timeout: Option<Duration>,
     /// The exec prefix.
     pub command: Vec<String>,
     /// Variables no command the relay runs inherits.
@@ -479,11 +482,32 @@ fn relay(args: RelayArgs, env: Env<'_>) -> Result<Role, ConfigError> {
                 .filter(|d| !d.is_empty() && !d.contains('\0'))
                 .ok_or_else(|| invalid("queue_dir", "must be UTF-8 text"))?
                 .to_owned();
+            // The gateway's timeout under the name the host launched Paperclip's gateway with.
+            let response_timeout = match transport.response_timeout {
+                Some(d) => Some(d.0),
+                None => env_nonempty(env, "PAPERCLIP_BRIDGE_RESPONSE_TIMEOUT_MS")
+                    .map(|v| {
+                        v.trim()
+                            .parse::<u64>()
+                            .map(Duration::from_millis)
+                            .map_err(|_| {
+                                invalid(
+                                    "PAPERCLIP_BRIDGE_RESPONSE_TIMEOUT_MS",
+                                    format!("{v:?} is not a number"),
+                                )
+                            })
+                    })
+                    .transpose()?,
+            };
+            if response_timeout.is_some_and(|d| d.is_zero()) {
+                return Err(invalid("response_timeout", "must be greater than zero"));
+            }
             Ok(Role::QueueRelay(QueueRelayConfig {
                 target,
                 common: common.validate()?,
                 queue_dir,
                 sandbox_helper: transport.sandbox_helper.filter(|p| !p.is_empty()),
+                response_timeout,
                 command,
                 scrub,
             }))
