@@ -541,7 +541,7 @@ impl Loop {
             take: None,
             hold_until: now,
             sweeps: Vec::new(),
-            last_sweep: now,
+            last_sweep: now.checked_sub(RELAY_SWEEP_INTERVAL).unwrap_or(now),
             put: None,
             take_not_before: now,
             put_not_before: now,
@@ -685,7 +685,9 @@ impl Loop {
             self.announce_needed |= announce;
             if now >= self.last_sweep + RELAY_SWEEP_INTERVAL {
                 swept = self.due_sweeps(now);
-                self.last_sweep = now;
+                if !swept.is_empty() {
+                    self.last_sweep = now;
+                }
             }
             let params = take_params(&core, IDLE_WAIT);
             let (plan, stdin) = put_plan(&core.ops, &carried);
