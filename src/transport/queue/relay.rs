@@ -148,15 +148,15 @@ struct Timing {
     relay_sweeps: bool,
 }
 
-impl Core {
+impl Timing {
     /// The gateway's timeout for a request: the smaller of the host's and the file's (a file
     /// can only shorten its own), else either, else 30 s.
-    fn gateway_timeout(&self, meta: &FileMeta) -> Duration {
+    fn gateway_timeout(host: Option<Duration>, meta: &FileMeta) -> Duration {
         let file = meta
             .timeout_ms
             .filter(|&ms| ms > 0)
             .map(Duration::from_millis);
-        match (self.response_timeout, file) {
+        match (host, file) {
             (Some(a), Some(b)) => a.min(b),
             (a, b) => a.or(b).unwrap_or(DEFAULT_GATEWAY_TIMEOUT),
         }
@@ -167,8 +167,13 @@ impl Core {
     /// The gateway started waiting at `createdAt`; both are the sandbox's clock, so the
     /// host's clock never enters the difference. Without a usable `createdAt` (missing, in the
     /// future, or older than the gateway waits) the wait is reckoned from the listing.
-    fn timing(&self, meta: &FileMeta, sandbox_ms: Option<u64>, received: Instant) -> Timing {
-        let t = self.gateway_timeout(meta);
+    fn of(
+        host: Option<Duration>,
+        meta: &FileMeta,
+        sandbox_ms: Option<u64>,
+        received: Instant,
+    ) -> Timing {
+        let t = Timing::gateway_timeout(host, meta);
         let t_ms = t.as_millis() as u64;
         let grace_ms = SWEEP_GRACE.as_millis() as u64;
         let reference = match (meta.created_ms, sandbox_ms) {
@@ -564,7 +569,7 @@ impl Loop {
                 continue;
             };
             if self.in_progress.insert(id.clone()) {
-                let timing = self.core.timing(&meta, sandbox_ms, received);
+                let timing = Timing::of(self.core.response_timeout, &meta, sandbox_ms, received);
                 if let Ok(inbound) = &mut request {
                     inbound.extensions.insert(ForwardBy(timing.forward_by));
                 }
@@ -1197,6 +1202,66 @@ mod tests {
     fn invalid_header_names_or_values_are_bad_requests() {
         assert!(file_headers(&request(&[("bad name", "x")]), 0).is_err());
         assert!(file_headers(&request(&[("accept", "a\r\nb")]), 0).is_err());
+    }
+
+    #[test]
+    fn the_relays_deadline_comes_a_margin_before_the_gateways() {
+        assert_eq!(
+            deadline_margin(Duration::from_secs(30)),
+            Duration::from_secs(3)
+        );
+        assert_eq!(
+            deadline_margin(Duration::from_secs(3)),
+            Duration::from_secs(1)
+        );
+        assert_eq!(
+            deadline_margin(Duration::from_secs(1)),
+            Duration::from_millis(500)
+        );
+        assert_eq!(
+            deadline_margin(Duration::from_secs(300)),
+            Duration::from_secs(5)
+        );
+        let now = Instant::now();
+        let meta = |created_ms, timeout_ms| FileMeta {
+            created_ms,
+            timeout_ms,
+        };
+        // Our gateway: 3 s in the file, created 500 ms before the listing (sandbox clock).
+        let t = Timing::of(None, &meta(Some(10_000), Some(3000)), Some(10_500), now);
+        assert_eq!(t.forward_by, now + Duration::from_millis(1500));
+        assert_eq!(t.not_after, Some(10_000 + 3000 - 200));
+        assert!(!t.relay_sweeps);
+        // The host's value and the file's: the smaller counts.
+        let t = Timing::of(
+            Some(Duration::from_secs(10)),
+            &meta(Some(10_000), Some(3000)),
+            Some(10_000),
+            now,
+        );
+        assert_eq!(t.forward_by, now + Duration::from_secs(2));
+        // Paperclip's gateway: no timeout in the file, the host's value, and the relay sweeps.
+        let t = Timing::of(
+            Some(Duration::from_secs(30)),
+            &meta(Some(10_000), None),
+            Some(11_000),
+            now,
+        );
+        assert_eq!(t.forward_by, now + Duration::from_secs(26));
+        assert_eq!(t.sweep_at, now + Duration::from_secs(31));
+        assert!(t.relay_sweeps);
+        // Nothing known: 30 s from the listing; a createdAt far in the past or in the future
+        // counts as unknown.
+        for created in [None, Some(1), Some(99_000)] {
+            let t = Timing::of(None, &meta(created, None), Some(50_000), now);
+            assert_eq!(t.forward_by, now + Duration::from_secs(27), "{created:?}");
+            assert_eq!(t.not_after, Some(50_000 + 30_000 - 200));
+        }
+        let t = Timing::of(None, &meta(Some(1), None), None, now);
+        assert_eq!(
+            (t.forward_by, t.not_after),
+            (now + Duration::from_secs(27), None)
+        );
     }
 
     #[test]
