@@ -89,6 +89,10 @@ pub const MARGIN_MIN: Duration = Duration::from_secs(1);
 pub const MARGIN_MAX: Duration = Duration::from_secs(5);
 /// An answer is not published later than this before the gateway gives up (sandbox clock).
 pub const PUT_GUARD: Duration = Duration::from_millis(200);
+/// The `sh` put checks the sandbox clock (one `date` process, on the answer's path) only for an
+/// answer with less than this left before the gateway gives up (host's reckoning); later
+/// ones are rare (a command that took this long to start) and swept. The helper always checks.
+pub const PUT_CHECK_WINDOW: Duration = Duration::from_secs(5);
 /// A request with less time than this left before the relay's deadline is not forwarded.
 pub const MIN_FORWARD_TIME: Duration = Duration::from_millis(50);
 /// How often the relay removes what it wrote for Paperclip's gateway and nobody read (that
@@ -137,6 +141,8 @@ struct FileMeta {
 /// When the gateway gives up on a request, as the relay reckons it.
 #[derive(Debug, Clone, Copy)]
 struct Timing {
+    /// When the gateway gives up (host clock).
+    gateway_at: Instant,
     /// The relay's deadline (host clock): the gateway's less the margin.
     forward_by: Instant,
     /// Sandbox time (ms) after which an answer is not published.
@@ -162,11 +168,13 @@ impl Timing {
         }
     }
 
-    /// The timing of a request taken by a command whose listing began at `sandbox_ms`
-    /// (sandbox clock, when the command said) and whose output was complete at `received`.
-    /// The gateway started waiting at `createdAt`; both are the sandbox's clock, so the
-    /// host's clock never enters the difference. Without a usable `createdAt` (missing, in the
-    /// future, or older than the gateway waits) the wait is reckoned from the listing.
+    /// The timing of a request taken by a command that began to look at `sandbox_ms` (sandbox
+    /// clock, when the command said) and whose output was complete at `received`. The gateway
+    /// started waiting at `createdAt`; both are the sandbox's clock, so the host's clock never
+    /// enters the difference. A request written during the take's wait (`createdAt` after
+    /// `sandbox_ms`, by at most the wait) has waited for nothing yet. Without a usable
+    /// `createdAt` (missing, further in the future, or older than the gateway waits) the wait
+    /// is reckoned from the take.
     fn of(
         host: Option<Duration>,
         meta: &FileMeta,
@@ -176,8 +184,10 @@ impl Timing {
         let t = Timing::gateway_timeout(host, meta);
         let t_ms = t.as_millis() as u64;
         let grace_ms = SWEEP_GRACE.as_millis() as u64;
+        let wait_ms = (IDLE_WAIT + SWEEP_GRACE).as_millis() as u64;
         let reference = match (meta.created_ms, sandbox_ms) {
             (Some(c), Some(now)) if c <= now && now - c <= t_ms + grace_ms => Some((c, now - c)),
+            (Some(c), Some(now)) if c > now && c - now <= wait_ms => Some((c, 0)),
             (_, Some(now)) => Some((now, 0)),
             _ => None,
         };
@@ -188,6 +198,7 @@ impl Timing {
             .unwrap_or(received);
         let guard = PUT_GUARD.min(deadline_margin(t) / 2).as_millis() as u64;
         Timing {
+            gateway_at: received + left,
             forward_by,
             not_after: reference.map(|(r, _)| r + t_ms.saturating_sub(guard)),
             sweep_at: received + left + SWEEP_GRACE,
@@ -382,12 +393,17 @@ fn take_stdout_cap(core: &Core) -> usize {
 
 /// The put plan of a batch (see [`Loop::put_batch`] for its order) and the command's stdin.
 fn put_plan<'a>(ops: &Ops, batch: &'a [Ready]) -> (scripts::PutPlan<'a>, Option<Vec<u8>>) {
+    let now = Instant::now();
+    let checked = |t: &Timing| {
+        matches!(ops, Ops::Helper(_))
+            || t.gateway_at.saturating_duration_since(now) < PUT_CHECK_WINDOW
+    };
     let items: Vec<scripts::PutItem<'a>> = batch
         .iter()
         .map(|r| scripts::PutItem {
             id: &r.id,
             json: &r.json,
-            not_after: r.timing.and_then(|t| t.not_after),
+            not_after: r.timing.filter(checked).and_then(|t| t.not_after),
         })
         .collect();
     match ops {
@@ -1250,7 +1266,11 @@ mod tests {
         assert_eq!(t.forward_by, now + Duration::from_secs(26));
         assert_eq!(t.sweep_at, now + Duration::from_secs(31));
         assert!(t.relay_sweeps);
-        // Nothing known: 30 s from the listing; a createdAt far in the past or in the future
+        // Written during the take's wait: nothing waited yet, counted from createdAt.
+        let t = Timing::of(None, &meta(Some(52_000), None), Some(50_000), now);
+        assert_eq!(t.forward_by, now + Duration::from_secs(27));
+        assert_eq!(t.not_after, Some(52_000 + 30_000 - 200));
+        // Nothing known: 30 s from the take; a createdAt far in the past or in the future
         // counts as unknown.
         for created in [None, Some(1), Some(99_000)] {
             let t = Timing::of(None, &meta(created, None), Some(50_000), now);

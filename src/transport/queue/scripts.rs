@@ -193,7 +193,6 @@ fn listing_loop(params: &TakeParams, suffix: &str, claim: bool) -> String {
     let _ = write!(
         s,
         r#"  echo ':L'
-  ms; [ -n "$t" ] && echo ":T $t"
   t=0; b=0
   while IFS= read -r name; do
     case $name in *{suffix}) ;; *) continue ;; esac
@@ -271,10 +270,14 @@ pub fn take(
     s.push_str(SH_PRELUDE);
     enter_root(&mut s, dir, true);
     s.push_str(SH_MS);
+    s.push_str("now=''\n");
     if let Some(plan) = put {
         put_sh_body(&mut s, plan, ":P");
     }
     sweep_sh_body(&mut s, sweep);
+    // The sandbox clock, read before the wait (off the path of a request that arrives during
+    // it, whose own `createdAt` is then later): the put's reading when it made one.
+    s.push_str("if [ -z \"$now\" ]; then ms; now=$t; fi\n[ -n \"$now\" ] && echo \":T $now\"\n");
     enter_sub(&mut s, "requests", true);
     s.push_str(&sh_read_fn(p.envelope));
     let _ = write!(
@@ -335,6 +338,7 @@ pub fn start(ops: &Ops, dir: &str, announce: Option<&str>, p: &TakeParams) -> St
     }
     enter_sub(&mut s, "requests", false);
     s.push_str(SH_MS);
+    s.push_str("ms; [ -n \"$t\" ] && echo \":T $t\"\n");
     s.push_str(&sh_read_fn(p.envelope));
     s.push_str("ls -tr 2>/dev/null | {\n");
     s.push_str(&listing_loop(p, ".json.claimed", false));
@@ -388,6 +392,7 @@ pub fn put_sh(dir: &str, plan: &PutPlan<'_>) -> String {
     let mut s = String::from("# callback-bridge queue put\n");
     s.push_str(SH_PRELUDE);
     enter_root(&mut s, dir, false);
+    s.push_str("now=''\n");
     put_sh_body(&mut s, plan, ":D");
     s
 }
@@ -420,8 +425,6 @@ fn put_sh_body(s: &mut String, plan: &PutPlan<'_>, end: &str) {
     if timed {
         s.push_str(SH_MS);
         s.push_str("ms; now=$t\n");
-    } else {
-        s.push_str("now=''\n");
     }
     s.push_str("up\n");
     enter_sub(s, "responses", false);
@@ -558,7 +561,8 @@ pub struct TakeOutput {
     /// `:R missing` / `:R other`: `relay.json` is gone / names another relay; nothing more
     /// was claimed.
     pub announcement: Option<Announcement>,
-    /// `:T <ms>`: the sandbox clock when the listing began.
+    /// `:T <ms>`: the sandbox clock when the take began to look (sh: before its wait; the
+    /// helper: when the listing began).
     pub sandbox_ms: Option<u64>,
     /// The markers of the responses the command published first (`:W`/`:S`/`:X`, then `:P`).
     pub put: PutOutput,
