@@ -534,6 +534,8 @@ struct Loop {
     /// Ids whose leftovers the relay sweeps (Paperclip's gateway does not), and when.
     sweeps: Vec<(String, Instant)>,
     last_sweep: Instant,
+    /// Sandbox clock minus host clock (ms), when a command has said.
+    clock_offset_ms: Option<i64>,
     /// The running put command and the responses it carries.
     put: Option<(Command, Vec<Ready>)>,
     take_not_before: Instant,
@@ -563,6 +565,7 @@ impl Loop {
             hold_until: now,
             sweeps: Vec::new(),
             last_sweep: now.checked_sub(RELAY_SWEEP_INTERVAL).unwrap_or(now),
+            clock_offset_ms: None,
             put: None,
             take_not_before: now,
             put_not_before: now,
@@ -578,7 +581,22 @@ impl Loop {
     /// Handles the entries of a take (or recovery) output.
     fn accept(&mut self, batch: TakeBatch, recovered: bool) {
         let received = Instant::now();
-        let sandbox_ms = batch.summary.sandbox_ms;
+        let host_ms = file::now_epoch_ms() as i64;
+        // The sandbox clock: the command's own reading, else the host's clock plus the offset
+        // learnt from readings made just before a command's output (start-up and recovery
+        // listings, every helper take). The `sh` take reads it only when its put did, before
+        // its wait: used as is, not learnt from.
+        let sandbox_ms = match batch.summary.sandbox_ms {
+            Some(t) => {
+                if recovered || matches!(self.core.ops, Ops::Helper(_)) {
+                    self.clock_offset_ms = Some(t as i64 - host_ms);
+                }
+                Some(t)
+            }
+            None => self
+                .clock_offset_ms
+                .map(|offset| host_ms.saturating_add(offset).max(0) as u64),
+        };
         for (id, prepared) in batch.jobs {
             // Not ours to answer now (vanished; a recovery may find it again), or taken already.
             let Some((mut request, meta)) = prepared else {

@@ -275,9 +275,9 @@ pub fn take(
         put_sh_body(&mut s, plan, ":P");
     }
     sweep_sh_body(&mut s, sweep);
-    // The sandbox clock, read before the wait (off the path of a request that arrives during
-    // it, whose own `createdAt` is then later): the put's reading when it made one.
-    s.push_str("if [ -z \"$now\" ]; then ms; now=$t; fi\n[ -n \"$now\" ] && echo \":T $now\"\n");
+    // The sandbox clock, when the put read it (before the wait): the relay otherwise reckons
+    // it from the offset it learnt at start-up, and no `date` runs on an agent's path.
+    s.push_str("[ -n \"$now\" ] && echo \":T $now\"\n");
     enter_sub(&mut s, "requests", true);
     s.push_str(&sh_read_fn(p.envelope));
     let _ = write!(
@@ -376,8 +376,8 @@ pub struct PutPlan<'a> {
 /// (`date +%s%N`, else whole seconds), or empty when `date` is missing.
 const SH_MS: &str = r#"ms() {
   t=$(date +%s%N 2>/dev/null)
-  case $t in ''|*[!0-9]*) t=$(date +%s 2>/dev/null); case $t in ''|*[!0-9]*) t='' ;; *) t=${t}000 ;; esac ;;
-  *) if [ ${#t} -ge 16 ]; then t=${t%??????}; else t=${t}000; fi ;; esac
+  case $t in ''|*[!0-9]*) t=$(date +%s 2>/dev/null); case $t in ''|*[!0-9]*) t='' ;; *) t=${t}500 ;; esac ;;
+  *) if [ ${#t} -ge 16 ]; then t=${t%??????}; else t=${t}500; fi ;; esac
 }
 "#;
 
@@ -399,9 +399,11 @@ pub fn put_sh(dir: &str, plan: &PutPlan<'_>) -> String {
 
 /// The put section: starts and ends in the (checked) queue root and prints `end` when done.
 fn put_sh_body(s: &mut String, plan: &PutPlan<'_>, end: &str) {
-    s.push_str("mkdir -p responses 2>/dev/null\n");
-    enter_sub(s, "requests", false);
-    // The claims that exist now: answers are written only for these.
+    // Few processes before the first answer is published: it is on the agent's path.
+    s.push_str("[ -d responses ] || mkdir -p responses 2>/dev/null\n");
+    enter_sub(s, "responses", false);
+    // The claims that exist now: answers are written only for these. (Only tested for
+    // existence through `../requests`; they are removed below from the checked directory.)
     s.push_str("c=' '\n");
     let ids: Vec<&str> = plan
         .stdin
@@ -413,7 +415,7 @@ fn put_sh_body(s: &mut String, plan: &PutPlan<'_>, end: &str) {
         debug_assert!(valid_id(id));
         let _ = writeln!(
             s,
-            "if [ -f {id}.json.claimed ] && [ ! -h {id}.json.claimed ]; then c=\"${{c}}{id} \"; fi"
+            "if [ -f ../requests/{id}.json.claimed ] && [ ! -h ../requests/{id}.json.claimed ]; then c=\"${{c}}{id} \"; fi"
         );
     }
     let timed = plan
@@ -426,8 +428,6 @@ fn put_sh_body(s: &mut String, plan: &PutPlan<'_>, end: &str) {
         s.push_str(SH_MS);
         s.push_str("ms; now=$t\n");
     }
-    s.push_str("up\n");
-    enter_sub(s, "responses", false);
     s.push_str(
         r#"set -C
 d=''
