@@ -355,6 +355,11 @@ option_group! {
         /// Path of callback-bridge inside the sandbox; used instead of sh+coreutils when given (queue)
         #[arg(long, env = "CALLBACK_BRIDGE_SANDBOX_HELPER", value_name = "PATH")]
         pub sandbox_helper: Option<String>,
+        /// The gateway's response timeout (queue): each request is answered in the sandbox before
+        /// the gateway gives up on it, with a margin (alias PAPERCLIP_BRIDGE_RESPONSE_TIMEOUT_MS)
+        /// [default: the request file's responseTimeoutMs, else 30s]
+        #[arg(long, env = "CALLBACK_BRIDGE_RESPONSE_TIMEOUT", value_name = "DURATION")]
+        pub response_timeout: Option<DurationArg>,
         /// How the gateway gets its token and nonce (stdio): `env` puts CALLBACK_BRIDGE_TOKEN and
         /// CALLBACK_BRIDGE_NONCE in the command's environment, `stdin` writes one JSON line on its
         /// stdin first (then run the gateway with --handshake stdin) [default: env]

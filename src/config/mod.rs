@@ -355,6 +355,9 @@ pub struct QueueRelayConfig {
     pub queue_dir: String,
     /// `--sandbox-helper`: the binary's path inside the sandbox, when given.
     pub sandbox_helper: Option<String>,
+    /// The gateway's response timeout, when the host knows it (`--response-timeout`,
+    /// `PAPERCLIP_BRIDGE_RESPONSE_TIMEOUT_MS`); otherwise each request file's, else 30 s.
+    pub response_timeout: Option<Duration>,
     /// The exec prefix.
     pub command: Vec<String>,
     /// Variables no command the relay runs inherits.
@@ -372,6 +375,8 @@ pub struct AutoRelayConfig {
     pub stdio: StdioRelayConfig,
     pub queue_dir: String,
     pub sandbox_helper: Option<String>,
+    /// For the queue relay it falls back to ([`QueueRelayConfig::response_timeout`]).
+    pub response_timeout: Option<Duration>,
     /// The exec prefix alone (the stdio command without the script).
     pub prefix: Vec<String>,
 }
@@ -616,6 +621,7 @@ fn relay(args: RelayArgs, env: Env<'_>) -> Result<Role, ConfigError> {
             .to_owned())
     };
     let sandbox_helper = transport.sandbox_helper.clone().filter(|p| !p.is_empty());
+    let response_timeout = relay_response_timeout(transport.response_timeout, env)?;
     match kind {
         TransportKind::Queue => {
             let common = common.validate_for_upstream(&admin, None, &mut target)?;
@@ -624,6 +630,7 @@ fn relay(args: RelayArgs, env: Env<'_>) -> Result<Role, ConfigError> {
                 common,
                 queue_dir: queue_dir()?,
                 sandbox_helper,
+                response_timeout,
                 command,
                 scrub,
                 fallback_reason: None,
@@ -657,6 +664,7 @@ fn relay(args: RelayArgs, env: Env<'_>) -> Result<Role, ConfigError> {
                 },
                 queue_dir,
                 sandbox_helper,
+                response_timeout,
                 prefix: command,
             }))
         }
@@ -674,6 +682,34 @@ fn relay(args: RelayArgs, env: Env<'_>) -> Result<Role, ConfigError> {
             }))
         }
     }
+}
+
+/// The queue gateway's response timeout as the relay knows it: `--response-timeout`, else
+/// `PAPERCLIP_BRIDGE_RESPONSE_TIMEOUT_MS` (the value the host launched Paperclip's gateway with).
+fn relay_response_timeout(
+    flag: Option<DurationArg>,
+    env: Env<'_>,
+) -> Result<Option<Duration>, ConfigError> {
+    let timeout = match flag {
+        Some(d) => Some(d.0),
+        None => env_nonempty(env, "PAPERCLIP_BRIDGE_RESPONSE_TIMEOUT_MS")
+            .map(|v| {
+                v.trim()
+                    .parse::<u64>()
+                    .map(Duration::from_millis)
+                    .map_err(|_| {
+                        invalid(
+                            "PAPERCLIP_BRIDGE_RESPONSE_TIMEOUT_MS",
+                            format!("{v:?} is not a number"),
+                        )
+                    })
+            })
+            .transpose()?,
+    };
+    if timeout.is_some_and(|d| d.is_zero()) {
+        return Err(invalid("response_timeout", "must be greater than zero"));
+    }
+    Ok(timeout)
 }
 
 /// The stdio relay's stall deadline: the default, or the test-only [`STALL_TIMEOUT_ENV`].

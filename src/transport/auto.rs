@@ -19,6 +19,7 @@ pub async fn run(config: AutoRelayConfig) -> Result<(), TransportError> {
         stdio: stdio_config,
         queue_dir,
         sandbox_helper,
+        response_timeout,
         prefix,
     } = config;
     // The handlers exist before the log line that says the attempt started: a signal sent once
@@ -55,6 +56,7 @@ pub async fn run(config: AutoRelayConfig) -> Result<(), TransportError> {
         common,
         queue_dir,
         sandbox_helper,
+        response_timeout,
         command: prefix,
         scrub,
         fallback_reason: Some(reason),

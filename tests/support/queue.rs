@@ -133,7 +133,7 @@ impl Sandbox {
     }
 
     /// Writes a counting exec prefix (`count.sh -c`, used like `sh -c`): it logs each command's
-    /// first line (the operation), the number of queue entries it carried, its argv and
+    /// first line (the operation), the requests it took and the responses it wrote, its argv and
     /// environment, and runs the script with `sh -c`.
     pub fn counting_prefix(&self) -> Vec<String> {
         let log = self.path("commands.log");
@@ -145,8 +145,9 @@ printf 'ARGV %s\n' "$0" "$@" >> '{env}'
 [ "$1" = -c ] && shift
 op=$(printf '%s\n' "$1" | sed -n 1p)
 out=$(sh -c "$1"); rc=$?
-n=$(printf '%s\n' "$out" | grep -c '^:[FBW] ')
-printf '%s|%s\n' "$op" "$n" >> '{log}'
+taken=$(printf '%s\n' "$out" | grep -c '^:[FB] ')
+written=$(printf '%s\n' "$out" | grep -c '^:W ')
+printf '%s|%s|%s\n' "$op" "$taken" "$written" >> '{log}'
 printf '%s\n' "$out"
 exit $rc
 "#,
@@ -160,18 +161,40 @@ exit $rc
         vec![path.display().to_string(), "-c".to_owned()]
     }
 
-    /// The counting prefix's log: (operation, entries carried) per command.
+    /// The counting prefix's log: (operation, entries carried: requests taken plus responses
+    /// written) per command.
     pub fn commands(&self) -> Vec<(String, usize)> {
+        self.command_log()
+            .into_iter()
+            .map(|c| (c.op, c.taken + c.written))
+            .collect()
+    }
+
+    /// The counting prefix's log, one entry per finished command.
+    pub fn command_log(&self) -> Vec<CommandRun> {
         std::fs::read_to_string(self.path("commands.log"))
             .unwrap_or_default()
             .lines()
-            .filter_map(|l| l.rsplit_once('|'))
-            .map(|(op, n)| {
-                (
-                    op.trim_start_matches("# callback-bridge queue ").to_owned(),
-                    n.parse().unwrap_or(0),
-                )
+            .filter_map(|l| {
+                let mut f = l.rsplitn(3, '|');
+                let written = f.next()?.parse().ok()?;
+                let taken = f.next()?.parse().ok()?;
+                let op = f.next()?.trim_start_matches("# callback-bridge queue ");
+                Some(CommandRun {
+                    op: op.to_owned(),
+                    taken,
+                    written,
+                })
             })
             .collect()
     }
+}
+
+/// One command run through the counting prefix: its operation (`take`, `put`, `put-take`,
+/// `start`), the requests it took and the responses it wrote.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommandRun {
+    pub op: String,
+    pub taken: usize,
+    pub written: usize,
 }

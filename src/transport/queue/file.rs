@@ -166,6 +166,15 @@ pub struct RequestFile {
     pub body_encoding: Option<String>,
     #[serde(rename = "createdAt", default)]
     pub created_at: String,
+    /// How long the writing gateway waits for the answer, in milliseconds (our gateway writes
+    /// it; Paperclip's does not, and its host worker ignores it). The relay answers well before
+    /// `createdAt` + this (docs/queue-transport.md, "Nested timeouts").
+    #[serde(
+        rename = "responseTimeoutMs",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub response_timeout_ms: Option<u64>,
 }
 
 /// `responses/<id>.json` (docs/reference.md §6.1; Paperclip `queue_v1`). Field order is Paperclip's.
@@ -321,6 +330,67 @@ pub fn iso8601(t: SystemTime) -> String {
     )
 }
 
+/// Milliseconds since the Unix epoch of an ISO-8601 UTC time as [`iso8601`] and JavaScript's
+/// `toISOString()` write it (`2025-01-31T12:00:00.000Z`; the fraction is optional, 1–9 digits).
+/// Anything else is `None`.
+pub fn parse_iso8601_ms(s: &str) -> Option<u64> {
+    let b = s.as_bytes();
+    if b.len() < 20 || !s.is_ascii() || *b.last()? != b'Z' {
+        return None;
+    }
+    let num = |r: std::ops::Range<usize>| -> Option<u64> {
+        let part = s.get(r)?;
+        if part.is_empty() || !part.bytes().all(|c| c.is_ascii_digit()) {
+            return None;
+        }
+        part.parse().ok()
+    };
+    if b[4] != b'-' || b[7] != b'-' || b[10] != b'T' || b[13] != b':' || b[16] != b':' {
+        return None;
+    }
+    let (y, m, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (hh, mm, ss) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    if !(1..=12).contains(&m) || !(1..=31).contains(&d) || hh > 23 || mm > 59 || ss > 60 {
+        return None;
+    }
+    let millis = match &s[19..s.len() - 1] {
+        "" => 0,
+        frac if frac.len() >= 2 && frac.len() <= 10 && frac.starts_with('.') => {
+            let digits = &frac[1..];
+            let n = num(20..20 + digits.len())?;
+            // Scale to milliseconds: `.5` is 500 ms, `.123456` is 123 ms.
+            match digits.len() {
+                1 => n * 100,
+                2 => n * 10,
+                3 => n,
+                k => n / 10u64.pow(k as u32 - 3),
+            }
+        }
+        _ => return None,
+    };
+    let days = days_from_civil(y as i64, m as u32, d as u32);
+    let secs = u64::try_from(days).ok()? * 86_400 + hh * 3600 + mm * 60 + ss;
+    Some(secs * 1000 + millis)
+}
+
+/// Milliseconds since the Unix epoch now.
+pub fn now_epoch_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// (year, month, day) to days since 1970-01-01 (the inverse of [`civil_from_days`]).
+fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y.rem_euclid(400);
+    let mp = i64::from((m + 9) % 12);
+    let doy = (153 * mp + 2) / 5 + i64::from(d) - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
 /// Days since 1970-01-01 to (year, month, day), proleptic Gregorian (H. Hinnant's algorithm).
 fn civil_from_days(z: i64) -> (i64, u32, u32) {
     let z = z + 719_468;
@@ -345,6 +415,29 @@ mod tests {
         assert_eq!(iso8601(UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
         let t = UNIX_EPOCH + Duration::from_millis(1_709_210_096_789);
         assert_eq!(iso8601(t), "2024-02-29T12:34:56.789Z");
+    }
+
+    #[test]
+    fn parses_what_iso8601_writes() {
+        for ms in [0u64, 1_709_210_096_789, 951_782_400_000, 4_102_444_799_999] {
+            let t = UNIX_EPOCH + Duration::from_millis(ms);
+            assert_eq!(parse_iso8601_ms(&iso8601(t)), Some(ms));
+        }
+        assert_eq!(parse_iso8601_ms("1970-01-01T00:00:01Z"), Some(1000));
+        assert_eq!(parse_iso8601_ms("1970-01-01T00:00:01.5Z"), Some(1500));
+        assert_eq!(parse_iso8601_ms("1970-01-01T00:00:01.123456Z"), Some(1123));
+        for bad in [
+            "",
+            "t",
+            "2024-02-29T12:34:56.789",
+            "2024-02-29 12:34:56.789Z",
+            "2024-13-01T00:00:00.000Z",
+            "2024-02-29T12:34:56.+89Z",
+            "2024-02-29T12:34:56.Z",
+            "+024-02-29T12:34:56.789Z",
+        ] {
+            assert_eq!(parse_iso8601_ms(bad), None, "{bad:?}");
+        }
     }
 
     #[test]
@@ -411,6 +504,7 @@ mod tests {
             body: "{}".into(),
             body_encoding: None,
             created_at: "2024-01-01T00:00:00.000Z".into(),
+            response_timeout_ms: None,
         };
         let bytes = f.to_bytes();
         assert!(bytes.ends_with(b"}\n"));

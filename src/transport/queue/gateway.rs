@@ -289,7 +289,7 @@ impl Shared {
             },
         };
         let id = uuid::Uuid::now_v7().to_string();
-        let request = request_file(&id, &method, &allow, &bytes)?;
+        let request = request_file(&id, &method, &allow, &bytes, self.settings.response_timeout)?;
         drop(bytes);
         let answered = self.register(&id);
         // Armed before publishing: if the agent goes away mid-publish, the file is withdrawn.
@@ -500,6 +500,7 @@ fn request_file(
     method: &Method,
     allow: &Allow,
     body: &[u8],
+    response_timeout: Duration,
 ) -> Result<Vec<u8>, ForwardError> {
     let (path, query) = match allow.target.find('?') {
         Some(i) => (&allow.target[..i], &allow.target[i..]),
@@ -532,6 +533,7 @@ fn request_file(
         body,
         body_encoding,
         created_at: file::now_iso8601(),
+        response_timeout_ms: Some(response_timeout.as_millis() as u64),
     };
     Ok(file.to_bytes())
 }
@@ -691,10 +693,18 @@ mod tests {
             max_body_bytes: 10,
             headers,
         };
-        let bytes = request_file("id1", &Method::POST, &allow, &[0xff, 0, 1]).unwrap();
+        let bytes = request_file(
+            "id1",
+            &Method::POST,
+            &allow,
+            &[0xff, 0, 1],
+            Duration::from_millis(2500),
+        )
+        .unwrap();
         let f = RequestFile::parse(&bytes, "id1", 1 << 20).unwrap();
         assert_eq!((f.path.as_str(), f.query.as_str()), ("/api/x", "?y=1&z"));
         assert_eq!(f.headers["accept"], "a, b");
+        assert_eq!(f.response_timeout_ms, Some(2500));
         assert_eq!(f.body_encoding.as_deref(), Some("base64"));
         assert_eq!(
             decode_body(&f.body, Some("base64"), 10).unwrap(),

@@ -37,6 +37,10 @@ struct Opts {
     envelope: u64,
     announce: Option<String>,
     relay_json: Option<String>,
+    /// `take --put`: publish the responses framed on stdin first.
+    put: bool,
+    /// `take --sweep ID,…`: remove these ids' claims and responses first.
+    sweep: Vec<String>,
 }
 
 fn usage(msg: impl Into<String>) -> TransportError {
@@ -69,6 +73,15 @@ fn parse(args: &[String]) -> Result<Opts, TransportError> {
             "--envelope" => o.envelope = num(value()?)?,
             "--announce" => o.announce = Some(value()?),
             "--relay-json" => o.relay_json = Some(value()?),
+            "--put" => o.put = true,
+            "--sweep" => {
+                for id in value()?.split(',') {
+                    if !valid_id(id) {
+                        return Err(usage(format!("--sweep: {id:?} is not a request id")));
+                    }
+                    o.sweep.push(id.to_owned());
+                }
+            }
             other => return Err(usage(format!("unknown option {other:?}"))),
         }
     }
@@ -87,7 +100,7 @@ pub fn run(args: &[String]) -> Result<(), TransportError> {
     let stdout = io::stdout();
     let mut out = io::BufWriter::new(stdout.lock());
     let result = match op.as_str() {
-        "take" => take(&opts, &mut out),
+        "take" => take(&opts, &mut io::stdin().lock(), &mut out),
         "start" => start(&opts, &mut out),
         "put" => put(&opts, &mut io::stdin().lock(), &mut out),
         other => return Err(usage(format!("unknown operation {other:?}"))),
@@ -231,6 +244,7 @@ fn emit(
     out: &mut impl Write,
 ) -> io::Result<()> {
     let (mut taken, mut bytes) = (0usize, 0u64);
+    writeln!(out, ":T {}", super::file::now_epoch_ms())?;
     for id in entries {
         if taken >= o.max_files || (taken > 0 && bytes > o.max_bytes) {
             writeln!(out, ":M")?;
@@ -302,8 +316,20 @@ fn queue_dir(o: &Opts) -> &Path {
     o.dir.as_deref().unwrap_or(Path::new("."))
 }
 
-fn take(o: &Opts, out: &mut impl Write) -> io::Result<()> {
+fn take(o: &Opts, input: &mut impl BufRead, out: &mut impl Write) -> io::Result<()> {
     let q = Queue::open(queue_dir(o), true)?;
+    if o.put {
+        put_frames(&q, o, input, out)?;
+        writeln!(out, ":P")?;
+    }
+    for id in &o.sweep {
+        let _ = rfs::unlinkat(
+            &q.requests,
+            format!("{id}{CLAIMED_SUFFIX}"),
+            AtFlags::empty(),
+        );
+        let _ = rfs::unlinkat(&q.responses, format!("{id}{JSON_SUFFIX}"), AtFlags::empty());
+    }
     let deadline = Instant::now() + Duration::from_millis(o.wait_ms);
     let entries = loop {
         let entries = listing(&q.requests, JSON_SUFFIX)?;
@@ -358,6 +384,20 @@ fn start(o: &Opts, out: &mut impl Write) -> io::Result<()> {
 /// claims of the published ones. A malformed frame ends the input.
 fn put(o: &Opts, input: &mut impl BufRead, out: &mut impl Write) -> io::Result<()> {
     let q = Queue::open(queue_dir(o), false)?;
+    put_frames(&q, o, input, out)?;
+    writeln!(out, ":D")
+}
+
+/// Publishes the frames `<id> <len> <not_after>\n<bytes>\n` (`not_after`, optional: sandbox ms
+/// after which nobody waits; 0 = no limit): each only while its `.claimed` file exists, no
+/// response does and `not_after` has not passed; then removes the claims of the published ones
+/// and of the late ones. A malformed frame ends the input.
+fn put_frames(
+    q: &Queue,
+    o: &Opts,
+    input: &mut impl BufRead,
+    out: &mut impl Write,
+) -> io::Result<()> {
     let mut done = Vec::new();
     let mut header = String::new();
     loop {
@@ -365,8 +405,14 @@ fn put(o: &Opts, input: &mut impl BufRead, out: &mut impl Write) -> io::Result<(
         if input.read_line(&mut header)? == 0 {
             break;
         }
-        let Some((id, len)) = header.trim_end().split_once(' ') else {
+        let mut words = header.trim_end().split(' ');
+        let (Some(id), Some(len)) = (words.next(), words.next()) else {
             break;
+        };
+        let not_after = match words.next().map(str::parse::<u64>) {
+            None => 0,
+            Some(Ok(n)) => n,
+            Some(Err(_)) => break,
         };
         let (Ok(len), true) = (len.parse::<u64>(), valid_id(id)) else {
             break;
@@ -381,6 +427,12 @@ fn put(o: &Opts, input: &mut impl BufRead, out: &mut impl Write) -> io::Result<(
         let target = format!("{id}{JSON_SUFFIX}");
         let tmp = format!("{id}{TMP_SUFFIX}");
         let writable = || exists(&q.requests, &claimed) && !exists(&q.responses, &target);
+        if not_after != 0 && super::file::now_epoch_ms() > not_after {
+            // The gateway no longer waits: no answer, and its claim goes.
+            done.push(claimed);
+            writeln!(out, ":S {id}")?;
+            continue;
+        }
         if !writable() {
             if exists(&q.responses, &target) {
                 done.push(claimed);
@@ -414,7 +466,7 @@ fn put(o: &Opts, input: &mut impl BufRead, out: &mut impl Write) -> io::Result<(
     for claimed in done {
         let _ = rfs::unlinkat(&q.requests, claimed, AtFlags::empty());
     }
-    writeln!(out, ":D")
+    Ok(())
 }
 
 #[cfg(test)]
@@ -431,6 +483,8 @@ mod tests {
             envelope: 1 << 20,
             announce: None,
             relay_json: None,
+            put: false,
+            sweep: Vec::new(),
         }
     }
 
@@ -445,7 +499,7 @@ mod tests {
         fs::create_dir(r.join("dir.json")).unwrap();
         std::os::unix::fs::symlink("/etc/passwd", r.join("link.json")).unwrap();
         let mut out = Vec::new();
-        take(&opts(d.path()), &mut out).unwrap();
+        take(&opts(d.path()), &mut &b""[..], &mut out).unwrap();
         let parsed = parse_take(&out);
         assert_eq!(
             parsed.items,
@@ -460,14 +514,70 @@ mod tests {
     }
 
     #[test]
+    fn take_with_put_answers_sweeps_then_takes() {
+        use crate::transport::queue::scripts::{put_helper_stdin, PutItem};
+        let d = tempfile::tempdir().unwrap();
+        Queue::open(d.path(), true).unwrap();
+        let r = d.path().join("requests");
+        fs::write(r.join("a.json.claimed"), b"{}").unwrap();
+        fs::write(r.join("late.json.claimed"), b"{}").unwrap();
+        fs::write(r.join("old.json.claimed"), b"{}").unwrap();
+        fs::write(d.path().join("responses/old.json"), b"{}").unwrap();
+        fs::write(r.join("next.json"), b"n").unwrap();
+        let input = put_helper_stdin(&[
+            PutItem {
+                id: "a",
+                json: b"{\"id\":\"a\"}",
+                not_after: Some(crate::transport::queue::file::now_epoch_ms() + 60_000),
+            },
+            PutItem {
+                id: "late",
+                json: b"{}",
+                not_after: Some(1),
+            },
+        ]);
+        let mut o = opts(d.path());
+        o.put = true;
+        o.sweep = vec!["old".into()];
+        let mut out = Vec::new();
+        take(&o, &mut &input[..], &mut out).unwrap();
+        let parsed = parse_take(&out);
+        assert!(parsed.put.complete && parsed.complete);
+        assert_eq!(parsed.put.written, vec!["a"]);
+        assert_eq!(parsed.put.skipped, vec!["late"]);
+        assert!(parsed.sandbox_ms.is_some());
+        assert_eq!(
+            parsed.items,
+            vec![Taken::File {
+                id: "next".into(),
+                bytes: b"n".to_vec()
+            }]
+        );
+        assert!(d.path().join("responses/a.json").exists());
+        assert!(!d.path().join("responses/late.json").exists());
+        assert!(!d.path().join("responses/old.json").exists());
+        let mut left: Vec<String> = fs::read_dir(&r)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        assert_eq!(left, vec!["next.json.claimed"]);
+    }
+
+    #[test]
     fn put_writes_only_for_claimed_requests() {
         let d = tempfile::tempdir().unwrap();
         Queue::open(d.path(), true).unwrap();
         let r = d.path().join("requests");
         fs::write(r.join("a.json.claimed"), b"{}").unwrap();
+        let item = |id, json| crate::transport::queue::scripts::PutItem {
+            id,
+            json,
+            not_after: None,
+        };
         let input = crate::transport::queue::scripts::put_helper_stdin(&[
-            ("a", b"{\"id\":\"a\"}"),
-            ("b", b"{\"id\":\"b\"}"),
+            item("a", b"{\"id\":\"a\"}"),
+            item("b", b"{\"id\":\"b\"}"),
         ]);
         let mut out = Vec::new();
         put(&opts(d.path()), &mut &input[..], &mut out).unwrap();

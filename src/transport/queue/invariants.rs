@@ -87,11 +87,14 @@ pub fn check_queue_file(input: &QueueInput<'_>) -> Result<(), Violation> {
         RequestFile::parse(input.file, CHECK_ID, input.envelope).map(|f| {
             let again = RequestFile::parse(&f.to_bytes(), CHECK_ID, u64::MAX);
             let round_trip = again.as_ref() == Ok(&f);
-            let scalars = vec![
+            let mut scalars = vec![
                 ("id", Value::from(f.id.clone())),
                 ("method", Value::from(f.method.clone())),
                 ("path", Value::from(f.path.clone())),
             ];
+            if let Some(ms) = f.response_timeout_ms {
+                scalars.push(("responseTimeoutMs", Value::from(ms)));
+            }
             let optional = vec![
                 ("query", f.query.clone()),
                 ("createdAt", f.created_at.clone()),
@@ -161,7 +164,7 @@ fn check_refusal(input: &QueueInput<'_>, e: &FileError) -> Result<(), Violation>
 }
 
 /// The fields of a request file the bridge reads; everything else is ignored by every reader.
-const REQUEST_FIELDS: [&str; 8] = [
+const REQUEST_FIELDS: [&str; 9] = [
     "id",
     "method",
     "path",
@@ -170,6 +173,7 @@ const REQUEST_FIELDS: [&str; 8] = [
     "body",
     "bodyEncoding",
     "createdAt",
+    "responseTimeoutMs",
 ];
 
 /// The fields of a response file the bridge reads.

@@ -76,6 +76,37 @@ pub const EARLY_EMPTY_PAUSE: Duration = Duration::from_secs(1);
 pub const TAKE_STALL: Duration = Duration::from_secs(5);
 /// Largest put output: a marker line per response.
 const PUT_STDOUT_CAP: usize = 64 * 1024;
+/// After a take returned requests, the next plain take waits this long for their answers, so
+/// that one command writes the answers and takes the next requests (docs/queue-transport.md,
+/// "Exec economy"); a slower answer goes by its own put.
+pub const TAKE_HOLD: Duration = Duration::from_millis(100);
+/// The gateway's response timeout when neither the host (`--response-timeout`,
+/// `PAPERCLIP_BRIDGE_RESPONSE_TIMEOUT_MS`) nor the request file says (Paperclip's default).
+pub const DEFAULT_GATEWAY_TIMEOUT: Duration = Duration::from_secs(30);
+/// The margin between the relay's deadline and the gateway's: a tenth of its timeout, at least
+/// 1 s (at most half the timeout), at most 5 s. It covers writing the answer (one command) and
+/// the gateway noticing it.
+pub const MARGIN_MIN: Duration = Duration::from_secs(1);
+pub const MARGIN_MAX: Duration = Duration::from_secs(5);
+/// An answer is not published later than this before the gateway gives up (sandbox clock).
+pub const PUT_GUARD: Duration = Duration::from_millis(200);
+/// The `sh` put checks the sandbox clock (one `date` process, on the answer's path) only for an
+/// answer with less than this left before the gateway gives up (host's reckoning); later
+/// ones are rare (a command that took this long to start) and swept. The helper always checks.
+pub const PUT_CHECK_WINDOW: Duration = Duration::from_secs(5);
+/// A request with less time than this left before the relay's deadline is not forwarded.
+pub const MIN_FORWARD_TIME: Duration = Duration::from_millis(50);
+/// How often the relay removes what it wrote for Paperclip's gateway and nobody read (that
+/// gateway does not sweep); at most [`MAX_SWEEP_IDS`] ids per command.
+pub const RELAY_SWEEP_INTERVAL: Duration = Duration::from_secs(10);
+pub const MAX_SWEEP_IDS: usize = 256;
+/// How long after the gateway's deadline the relay sweeps what is left of a request.
+const SWEEP_GRACE: Duration = Duration::from_secs(2);
+
+/// The margin between the relay's deadline and a gateway timeout of `t`.
+pub fn deadline_margin(t: Duration) -> Duration {
+    (t / 10).min(MARGIN_MAX).max(MARGIN_MIN.min(t / 2))
+}
 
 /// What the relay loop shares with its forwarding tasks.
 struct Core {
@@ -90,6 +121,91 @@ struct Core {
     /// This relay's `relay.json` (protocol, pid, start time): written at start-up, and checked
     /// by every take before it claims.
     announcement: String,
+    /// The gateway's response timeout, when the host said.
+    response_timeout: Option<Duration>,
+}
+
+/// The relay's deadline for forwarding one request (a request extension): well before the
+/// gateway gives up waiting for it.
+#[derive(Debug, Clone, Copy)]
+struct ForwardBy(Instant);
+
+/// What a request file says about its gateway's wait.
+#[derive(Debug, Clone, Copy, Default)]
+struct FileMeta {
+    /// `createdAt`, in ms since the epoch (sandbox clock).
+    created_ms: Option<u64>,
+    /// `responseTimeoutMs` (our gateway writes it).
+    timeout_ms: Option<u64>,
+}
+
+/// When the gateway gives up on a request, as the relay reckons it.
+#[derive(Debug, Clone, Copy)]
+struct Timing {
+    /// When the gateway gives up (host clock).
+    gateway_at: Instant,
+    /// The relay's deadline (host clock): the gateway's less the margin.
+    forward_by: Instant,
+    /// Sandbox time (ms) after which an answer is not published.
+    not_after: Option<u64>,
+    /// When what is left of the request may be swept (host clock).
+    sweep_at: Instant,
+    /// Whether the relay sweeps it: the gateway does not say its timeout (Paperclip's), so it
+    /// does not sweep either.
+    relay_sweeps: bool,
+}
+
+impl Timing {
+    /// The gateway's timeout for a request: the smaller of the host's and the file's (a file
+    /// can only shorten its own), else either, else 30 s.
+    fn gateway_timeout(host: Option<Duration>, meta: &FileMeta) -> Duration {
+        let file = meta
+            .timeout_ms
+            .filter(|&ms| ms > 0)
+            .map(Duration::from_millis);
+        match (host, file) {
+            (Some(a), Some(b)) => a.min(b),
+            (a, b) => a.or(b).unwrap_or(DEFAULT_GATEWAY_TIMEOUT),
+        }
+    }
+
+    /// The timing of a request taken by a command that began to look at `sandbox_ms` (sandbox
+    /// clock, when the command said) and whose output was complete at `received`. The gateway
+    /// started waiting at `createdAt`; both are the sandbox's clock, so the host's clock never
+    /// enters the difference. A request written during the take's wait (`createdAt` after
+    /// `sandbox_ms`, by at most the wait) has waited for nothing yet. Without a usable
+    /// `createdAt` (missing, further in the future, or older than the gateway waits) the wait
+    /// is reckoned from the take.
+    fn of(
+        host: Option<Duration>,
+        meta: &FileMeta,
+        sandbox_ms: Option<u64>,
+        received: Instant,
+    ) -> Timing {
+        let t = Timing::gateway_timeout(host, meta);
+        let t_ms = t.as_millis() as u64;
+        let grace_ms = SWEEP_GRACE.as_millis() as u64;
+        let wait_ms = (IDLE_WAIT + SWEEP_GRACE).as_millis() as u64;
+        let reference = match (meta.created_ms, sandbox_ms) {
+            (Some(c), Some(now)) if c <= now && now - c <= t_ms + grace_ms => Some((c, now - c)),
+            (Some(c), Some(now)) if c > now && c - now <= wait_ms => Some((c, 0)),
+            (_, Some(now)) => Some((now, 0)),
+            _ => None,
+        };
+        let age = Duration::from_millis(reference.map_or(0, |(_, age)| age));
+        let left = t.saturating_sub(age);
+        let forward_by = (received + left)
+            .checked_sub(deadline_margin(t))
+            .unwrap_or(received);
+        let guard = PUT_GUARD.min(deadline_margin(t) / 2).as_millis() as u64;
+        Timing {
+            gateway_at: received + left,
+            forward_by,
+            not_after: reference.map(|(r, _)| r + t_ms.saturating_sub(guard)),
+            sweep_at: received + left + SWEEP_GRACE,
+            relay_sweeps: meta.timeout_ms.is_none(),
+        }
+    }
 }
 
 /// Marks a request found claimed by a previous relay (after a crash or `kill -9`): a mutation
@@ -102,7 +218,30 @@ struct Recovered;
 pub struct FileForwarder(Forwarder);
 
 impl FileForwarder {
+    /// Forwards within the request's [`ForwardBy`] deadline: one with too little time left is
+    /// not sent (503 `bridge_unavailable`), one the upstream does not answer in time is the
+    /// upstream's timeout (504 / 409), answered before the gateway gives up.
     async fn forward<B: RequestBody>(&self, req: Allowed<B>) -> Result<Forwarded, ForwardError> {
+        let Some(ForwardBy(by)) = req.extensions.get::<ForwardBy>().copied() else {
+            return self.forward_now(req).await;
+        };
+        let left = by.saturating_duration_since(Instant::now());
+        if left < MIN_FORWARD_TIME {
+            return Err(ForwardError::Refused(Deny::new(
+                DenyCode::BridgeUnavailable,
+                "The request waited in the queue until the gateway was about to give up; it was not sent",
+            )));
+        }
+        match tokio::time::timeout(left, self.forward_now(req)).await {
+            Ok(result) => result,
+            Err(_) => Err(ForwardError::TimedOut { hop: Hop::Upstream }),
+        }
+    }
+
+    async fn forward_now<B: RequestBody>(
+        &self,
+        req: Allowed<B>,
+    ) -> Result<Forwarded, ForwardError> {
         if req.extensions.get::<Recovered>().is_some() && !is_safe(&req.method) {
             return Err(ForwardError::Refused(Deny::new(
                 DenyCode::OutcomeIndeterminate,
@@ -148,6 +287,7 @@ impl Dispatch for FileForwarder {
 struct Job {
     id: String,
     request: FileRequest,
+    timing: Option<Timing>,
 }
 
 /// A request read from a file, or the refusal (with the method, when it was readable).
@@ -159,6 +299,7 @@ struct Ready {
     json: Vec<u8>,
     since: Instant,
     attempts: u32,
+    timing: Option<Timing>,
 }
 
 /// `callback-bridge relay --transport queue -- <exec prefix…>`: runs until a stop reason; prints
@@ -169,6 +310,7 @@ pub async fn run(config: QueueRelayConfig) -> Result<(), TransportError> {
         common,
         queue_dir,
         sandbox_helper,
+        response_timeout,
         command,
         scrub,
         fallback_reason,
@@ -193,6 +335,7 @@ pub async fn run(config: QueueRelayConfig) -> Result<(), TransportError> {
             started_at: file::now_iso8601(),
         })
         .unwrap_or_default(),
+        response_timeout,
     });
 
     // Whether a gateway is there yet (docs/reference.md §6.3), asked alongside the start-up.
@@ -279,6 +422,42 @@ fn take_stdout_cap(core: &Core) -> usize {
         .saturating_add(MAX_BATCH_FILES * 512 + 64 * 1024)
 }
 
+/// The put plan of a batch (see [`Loop::put_batch`] for its order) and the command's stdin.
+fn put_plan<'a>(ops: &Ops, batch: &'a [Ready]) -> (scripts::PutPlan<'a>, Option<Vec<u8>>) {
+    let now = Instant::now();
+    let checked = |t: &Timing| {
+        matches!(ops, Ops::Helper(_))
+            || t.gateway_at.saturating_duration_since(now) < PUT_CHECK_WINDOW
+    };
+    let items: Vec<scripts::PutItem<'a>> = batch
+        .iter()
+        .map(|r| scripts::PutItem {
+            id: &r.id,
+            json: &r.json,
+            not_after: r.timing.filter(checked).and_then(|t| t.not_after),
+        })
+        .collect();
+    match ops {
+        Ops::Helper(_) => {
+            let stdin = (!items.is_empty()).then(|| scripts::put_helper_stdin(&items));
+            (scripts::PutPlan::default(), stdin)
+        }
+        Ops::Sh => {
+            let mut plan = scripts::PutPlan::default();
+            let mut stdin = None;
+            for (item, r) in items.into_iter().zip(batch) {
+                if r.json.len() > scripts::INLINE_RESPONSE_MAX && plan.stdin.is_none() {
+                    plan.stdin = Some((item, r.json.len()));
+                    stdin = Some(r.json.clone());
+                } else {
+                    plan.inline.push(item);
+                }
+            }
+            (plan, stdin)
+        }
+    }
+}
+
 /// The start-up command: directories, `relay.json`, and claims left by a previous relay.
 async fn start_up(core: &Arc<Core>) -> Result<TakeBatch, TransportError> {
     let mut delay = BACKOFF_START;
@@ -290,7 +469,7 @@ async fn start_up(core: &Arc<Core>) -> Result<TakeBatch, TransportError> {
             Some(&core.announcement),
             &take_params(core, Duration::ZERO),
         );
-        match run_take(core.clone(), script, true).await {
+        match run_take(core.clone(), script, None, true).await {
             (Ok(out), batch) => {
                 if out.success && batch.summary.complete {
                     return Ok(batch);
@@ -321,7 +500,7 @@ type TakeCommand = JoinHandle<(Result<Output, ExecError>, TakeBatch)>;
 /// The requests a take (or recovery) command yielded, each read, checked and parsed as soon as
 /// its file was complete (`None`: nothing to answer), and what else its output said.
 struct TakeBatch {
-    jobs: Vec<(String, Option<FileRequest>)>,
+    jobs: Vec<(String, Option<(FileRequest, FileMeta)>)>,
     summary: TakeOutput,
 }
 
@@ -332,6 +511,7 @@ struct TakeBatch {
 async fn run_take(
     core: Arc<Core>,
     script: String,
+    stdin: Option<Vec<u8>>,
     recovered: bool,
 ) -> (Result<Output, ExecError>, TakeBatch) {
     let mut jobs = Vec::new();
@@ -344,7 +524,7 @@ async fn run_take(
         .runner
         .run_streaming(
             script,
-            None,
+            stdin,
             cap,
             Some(TAKE_STALL),
             &mut |chunk: &[u8]| parser.feed(chunk),
@@ -354,7 +534,18 @@ async fn run_take(
     (result, TakeBatch { jobs, summary })
 }
 
-/// The relay's event loop: one take lane, one put lane, up to eight forwards.
+/// A running take (or recovery) command: when it started, whether it is a recovery, the
+/// responses it publishes first (a combined put and take), and the ids it sweeps.
+struct TakeRun {
+    handle: TakeCommand,
+    started: Instant,
+    recovery: bool,
+    carried: Vec<Ready>,
+    swept: Vec<String>,
+}
+
+/// The relay's event loop: one take lane (whose command may also write answers), one put lane,
+/// up to eight forwards.
 struct Loop {
     core: Arc<Core>,
     stop_rx: mpsc::Receiver<ExitReason>,
@@ -366,8 +557,16 @@ struct Loop {
     backlog: VecDeque<Job>,
     forwarding: JoinSet<Ready>,
     ready: Vec<Ready>,
-    /// The running take (or recovery) command, when it started, and whether it is a recovery.
-    take: Option<(TakeCommand, Instant, bool)>,
+    /// The running take (or recovery) command.
+    take: Option<TakeRun>,
+    /// No plain take before this while the answers of the last take's requests may come: they
+    /// then go with the next take, in one command.
+    hold_until: Instant,
+    /// Ids whose leftovers the relay sweeps (Paperclip's gateway does not), and when.
+    sweeps: Vec<(String, Instant)>,
+    last_sweep: Instant,
+    /// Sandbox clock minus host clock (ms), when a command has said.
+    clock_offset_ms: Option<i64>,
     /// The running put command and the responses it carries.
     put: Option<(Command, Vec<Ready>)>,
     take_not_before: Instant,
@@ -394,6 +593,10 @@ impl Loop {
             forwarding: JoinSet::new(),
             ready: Vec::new(),
             take: None,
+            hold_until: now,
+            sweeps: Vec::new(),
+            last_sweep: now.checked_sub(RELAY_SWEEP_INTERVAL).unwrap_or(now),
+            clock_offset_ms: None,
             put: None,
             take_not_before: now,
             put_not_before: now,
@@ -408,11 +611,38 @@ impl Loop {
 
     /// Handles the entries of a take (or recovery) output.
     fn accept(&mut self, batch: TakeBatch, recovered: bool) {
-        for (id, request) in batch.jobs {
+        let received = Instant::now();
+        let host_ms = file::now_epoch_ms() as i64;
+        // The sandbox clock: the command's own reading, else the host's clock plus the offset
+        // learnt from readings made just before a command's output (start-up and recovery
+        // listings, every helper take). The `sh` take reads it only when its put did, before
+        // its wait: used as is, not learnt from.
+        let sandbox_ms = match batch.summary.sandbox_ms {
+            Some(t) => {
+                if recovered || matches!(self.core.ops, Ops::Helper(_)) {
+                    self.clock_offset_ms = Some(t as i64 - host_ms);
+                }
+                Some(t)
+            }
+            None => self
+                .clock_offset_ms
+                .map(|offset| host_ms.saturating_add(offset).max(0) as u64),
+        };
+        for (id, prepared) in batch.jobs {
             // Not ours to answer now (vanished; a recovery may find it again), or taken already.
-            let Some(request) = request else { continue };
+            let Some((mut request, meta)) = prepared else {
+                continue;
+            };
             if self.in_progress.insert(id.clone()) {
-                self.backlog.push_back(Job { id, request });
+                let timing = Timing::of(self.core.response_timeout, &meta, sandbox_ms, received);
+                if let Ok(inbound) = &mut request {
+                    inbound.extensions.insert(ForwardBy(timing.forward_by));
+                }
+                self.backlog.push_back(Job {
+                    id,
+                    request,
+                    timing: Some(timing),
+                });
             }
         }
         if recovered && batch.summary.more {
@@ -475,6 +705,7 @@ impl Loop {
                 Job {
                     id: job.id,
                     request: Err((method, deny)),
+                    timing: job.timing,
                 }
             } else {
                 job
@@ -484,42 +715,107 @@ impl Loop {
 
         let batch_done = self.forwarding.is_empty() && self.backlog.is_empty();
         let oldest = self.ready.iter().map(|r| r.since).min();
-        let due = batch_done
-            || self.stopping.is_some()
-            || oldest.is_some_and(|t| now.duration_since(t) >= PUT_LINGER);
-        if self.put.is_none() && !self.ready.is_empty() && due && now >= self.put_not_before {
-            self.start_put();
-        }
-
+        let due = !self.ready.is_empty()
+            && now >= self.put_not_before
+            && (batch_done
+                || self.stopping.is_some()
+                || oldest.is_some_and(|t| now.duration_since(t) >= PUT_LINGER));
         // Requests are taken only once every taken one is being forwarded: what waits in the
         // relay is then at most one take's batch beyond the forwards in flight, whatever the
         // sandbox plants (memory: in-flight × body limit + one batch).
-        let room = self.backlog.is_empty();
-        if self.take.is_none() && self.stopping.is_none() && room && now >= self.take_not_before {
-            let core = self.core.clone();
-            let announce = std::mem::take(&mut self.announce_needed);
-            let recovery = std::mem::take(&mut self.recovery_needed) || announce;
-            let script = if recovery {
-                scripts::start(
-                    &core.ops,
-                    &core.dir,
-                    announce.then_some(core.announcement.as_str()),
-                    &take_params(&core, Duration::ZERO),
-                )
-            } else {
-                scripts::take(&core.ops, &core.dir, &take_params(&core, IDLE_WAIT))
-            };
-            let handle = tokio::spawn(run_take(core, script, recovery));
-            self.take = Some((handle, now, recovery));
+        let can_take = self.take.is_none()
+            && self.stopping.is_none()
+            && self.backlog.is_empty()
+            && now >= self.take_not_before;
+        let recovery = self.recovery_needed || self.announce_needed;
+        if due && can_take && !recovery {
+            // One command writes the answers and takes the next requests.
+            let batch = self.put_batch();
+            self.start_take(batch);
+            return;
+        }
+        if due && self.put.is_none() {
+            self.start_put();
+        }
+        // A plain take waits while the answers of the last take's requests may still come.
+        let holding = !recovery
+            && now < self.hold_until
+            && (!self.forwarding.is_empty() || !self.ready.is_empty());
+        if can_take && !holding {
+            self.start_take(Vec::new());
         }
     }
 
-    /// Writes as many ready responses as one command carries.
-    fn start_put(&mut self) {
+    /// Starts the take lane's command: a recovery (with the announcement, when needed), or a
+    /// take that first writes `carried` and sweeps what is due.
+    fn start_take(&mut self, carried: Vec<Ready>) {
+        let now = Instant::now();
+        let core = self.core.clone();
+        let announce = std::mem::take(&mut self.announce_needed);
+        let recovery =
+            carried.is_empty() && (std::mem::take(&mut self.recovery_needed) || announce);
+        let mut swept = Vec::new();
+        let (script, stdin) = if recovery {
+            let script = scripts::start(
+                &core.ops,
+                &core.dir,
+                announce.then_some(core.announcement.as_str()),
+                &take_params(&core, Duration::ZERO),
+            );
+            (script, None)
+        } else {
+            self.announce_needed |= announce;
+            if now >= self.last_sweep + RELAY_SWEEP_INTERVAL {
+                swept = self.due_sweeps(now);
+                if !swept.is_empty() {
+                    self.last_sweep = now;
+                }
+            }
+            let params = take_params(&core, IDLE_WAIT);
+            let (plan, stdin) = put_plan(&core.ops, &carried);
+            let script = scripts::take(
+                &core.ops,
+                &core.dir,
+                &params,
+                (!carried.is_empty()).then_some(&plan),
+                &swept,
+            );
+            (script, stdin)
+        };
+        let handle = tokio::spawn(run_take(core, script, stdin, recovery));
+        self.take = Some(TakeRun {
+            handle,
+            started: now,
+            recovery,
+            carried,
+            swept,
+        });
+    }
+
+    /// Up to [`MAX_SWEEP_IDS`] ids whose sweep is due (none still being worked on).
+    fn due_sweeps(&mut self, now: Instant) -> Vec<String> {
+        let mut due = Vec::new();
+        let in_progress = &self.in_progress;
+        self.sweeps.retain(|(id, at)| {
+            if due.len() < MAX_SWEEP_IDS && *at <= now && !in_progress.contains(id) {
+                due.push(id.clone());
+                false
+            } else {
+                true
+            }
+        });
+        due
+    }
+
+    /// Takes from `ready` as many responses as one command carries (oldest first): the helper
+    /// reads them all from stdin (up to [`MAX_PUT_BYTES`]); the `sh` script carries small ones
+    /// inline (up to [`scripts::INLINE_SCRIPT_BUDGET`]) and at most one large one on stdin,
+    /// which then comes first.
+    fn put_batch(&mut self) -> Vec<Ready> {
         self.ready.sort_by_key(|r| r.since);
         let mut batch = Vec::new();
-        let (script, stdin) = match &self.core.ops {
-            Ops::Helper(path) => {
+        match &self.core.ops {
+            Ops::Helper(_) => {
                 let mut bytes = 0;
                 while let Some(r) = self.ready.first() {
                     if !batch.is_empty() && bytes + r.json.len() > MAX_PUT_BYTES {
@@ -528,14 +824,6 @@ impl Loop {
                     bytes += r.json.len();
                     batch.push(self.ready.remove(0));
                 }
-                let items: Vec<(&str, &[u8])> = batch
-                    .iter()
-                    .map(|r: &Ready| (r.id.as_str(), &r.json[..]))
-                    .collect();
-                (
-                    scripts::put_helper(path, &self.core.dir),
-                    Some(scripts::put_helper_stdin(&items)),
-                )
             }
             Ops::Sh => {
                 let mut stdin_item = None;
@@ -556,19 +844,21 @@ impl Loop {
                     }
                 }
                 self.ready = rest;
-                let items: Vec<(&str, &[u8])> =
-                    batch.iter().map(|r| (r.id.as_str(), &r.json[..])).collect();
-                let script = scripts::put_sh(
-                    &self.core.dir,
-                    &items,
-                    stdin_item.as_ref().map(|r| (r.id.as_str(), r.json.len())),
-                );
-                let stdin = stdin_item.as_ref().map(|r| r.json.clone());
                 if let Some(r) = stdin_item {
-                    batch.push(r);
+                    batch.insert(0, r);
                 }
-                (script, stdin)
             }
+        }
+        batch
+    }
+
+    /// Writes as many ready responses as one command carries.
+    fn start_put(&mut self) {
+        let batch = self.put_batch();
+        let (plan, stdin) = put_plan(&self.core.ops, &batch);
+        let script = match &self.core.ops {
+            Ops::Helper(path) => scripts::put_helper(path, &self.core.dir),
+            Ops::Sh => scripts::put_sh(&self.core.dir, &plan),
         };
         let core = self.core.clone();
         let handle =
@@ -580,20 +870,49 @@ impl Loop {
         &mut self,
         result: Result<Output, ExecError>,
         batch: TakeBatch,
-        started: Instant,
-        recovery: bool,
+        run: TakeRun,
     ) -> Result<(), TransportError> {
-        let what = if recovery { "recovery" } else { "take" };
+        let TakeRun {
+            started,
+            recovery,
+            carried,
+            swept,
+            ..
+        } = run;
+        let what = if recovery {
+            "recovery"
+        } else if carried.is_empty() {
+            "take"
+        } else {
+            "put-take"
+        };
         let error = match result {
             Ok(out) if out.stopped => Some(CommandFailure::Stopped { what }),
             Ok(out) => (!out.success || !batch.summary.complete)
                 .then(|| CommandFailure::failed(what, &out)),
             Err(e) => Some(CommandFailure::Exec(e)),
         };
+        if !carried.is_empty() {
+            let put_ok = batch.summary.put.complete;
+            self.put_results(carried, &batch.summary.put);
+            if put_ok {
+                self.put_failures = 0;
+            } else {
+                self.put_failures += 1;
+                self.put_not_before = Instant::now() + Self::backoff(self.put_failures);
+            }
+        }
+        if error.is_some() {
+            let now = Instant::now();
+            self.sweeps.extend(swept.into_iter().map(|id| (id, now)));
+        }
         let empty = batch.jobs.is_empty();
         let complete = batch.summary.complete;
         let announcement = batch.summary.announcement;
         self.accept(batch, recovery);
+        if !empty {
+            self.hold_until = Instant::now() + TAKE_HOLD;
+        }
         match announcement {
             Some(Announcement::Other) => return Err(TransportError::AnotherRelay),
             Some(Announcement::Missing) => {
@@ -620,6 +939,35 @@ impl Loop {
         Ok(())
     }
 
+    /// Settles the responses a command carried, from what its output says of each.
+    fn put_results(&mut self, batch: Vec<Ready>, out: &PutOutput) {
+        for r in batch {
+            if out.written.contains(&r.id) {
+                self.in_progress.remove(&r.id);
+                self.note_sweep(&r);
+            } else if out.skipped.contains(&r.id) {
+                tracing::info!(request_id = %r.id, "response not written: nobody waits for it");
+                self.in_progress.remove(&r.id);
+            } else if r.attempts + 1 < PUT_ATTEMPTS {
+                self.ready.push(Ready {
+                    attempts: r.attempts + 1,
+                    ..r
+                });
+            } else {
+                tracing::warn!(request_id = %r.id, "giving up writing a response");
+                self.in_progress.remove(&r.id);
+                self.note_sweep(&r);
+            }
+        }
+    }
+
+    /// Remembers to sweep what is left of a request served for a gateway that does not sweep.
+    fn note_sweep(&mut self, r: &Ready) {
+        if let Some(t) = r.timing.filter(|t| t.relay_sweeps) {
+            self.sweeps.push((r.id.clone(), t.sweep_at));
+        }
+    }
+
     fn put_done(
         &mut self,
         result: Result<Output, ExecError>,
@@ -634,22 +982,7 @@ impl Loop {
             }
             Err(e) => (PutOutput::default(), Some(CommandFailure::Exec(e))),
         };
-        for r in batch {
-            if out.written.contains(&r.id) {
-                self.in_progress.remove(&r.id);
-            } else if out.skipped.contains(&r.id) {
-                tracing::info!(request_id = %r.id, "response not written: nobody waits for it");
-                self.in_progress.remove(&r.id);
-            } else if r.attempts + 1 < PUT_ATTEMPTS {
-                self.ready.push(Ready {
-                    attempts: r.attempts + 1,
-                    ..r
-                });
-            } else {
-                tracing::warn!(request_id = %r.id, "giving up writing a response");
-                self.in_progress.remove(&r.id);
-            }
-        }
+        self.put_results(batch, &out);
         if let Some(error) = error {
             self.put_failures += 1;
             self.put_not_before = Instant::now() + Self::backoff(self.put_failures);
@@ -682,17 +1015,18 @@ impl Loop {
             }
             if self.take.is_none() {
                 consider(self.take_not_before);
+                consider(self.hold_until);
             }
             let drain_at = self.stopping.map(|(_, at)| at);
             let deadline_fired = self.deadline_passed;
             tokio::select! {
-                r = async { (&mut self.take.as_mut().expect("take").0).await }, if self.take.is_some() => {
-                    let (_, started, recovery) = self.take.take().expect("take");
+                r = async { (&mut self.take.as_mut().expect("take").handle).await }, if self.take.is_some() => {
+                    let run = self.take.take().expect("take");
                     let (r, batch) = r.unwrap_or_else(|e| {
                         let batch = TakeBatch { jobs: Vec::new(), summary: TakeOutput::default() };
                         (Err(ExecError::Io(std::io::Error::other(e))), batch)
                     });
-                    self.take_done(r, batch, started, recovery)?;
+                    self.take_done(r, batch, run)?;
                 }
                 r = async { (&mut self.put.as_mut().expect("put").0).await }, if self.put.is_some() => {
                     let (_, batch) = self.put.take().expect("put");
@@ -723,7 +1057,18 @@ impl Loop {
 /// Reads one taken file: envelope, wire format, body encoding and header syntax. The result goes
 /// through the pipeline (the whole policy, then forwarding) or, if the file is unreadable, is
 /// refused through it; `None` when there is nothing to answer (the file vanished).
-fn prepare(core: &Core, item: Taken, recovered: bool) -> Option<FileRequest> {
+fn prepare(core: &Core, item: Taken, recovered: bool) -> Option<(FileRequest, FileMeta)> {
+    let mut meta = FileMeta::default();
+    prepare_request(core, item, recovered, &mut meta).map(|r| (r, meta))
+}
+
+/// [`prepare`]; what the file says of its gateway's wait goes to `meta` once it is parsed.
+fn prepare_request(
+    core: &Core,
+    item: Taken,
+    recovered: bool,
+    meta: &mut FileMeta,
+) -> Option<FileRequest> {
     // The method is unknown until the file is read; a refusal of an unreadable file is logged
     // as a POST (it could be a mutation).
     let refuse = |deny: Deny| Some(Err((Method::POST, deny)));
@@ -747,6 +1092,10 @@ fn prepare(core: &Core, item: Taken, recovered: bool) -> Option<FileRequest> {
         Err(e) => return refuse(file_deny(&e)),
     };
     drop(bytes);
+    *meta = FileMeta {
+        created_ms: file::parse_iso8601_ms(&file.created_at),
+        timeout_ms: file.response_timeout_ms,
+    };
     let Ok(method) = Method::from_bytes(file.method.as_bytes()) else {
         return refuse(Deny::new(
             DenyCode::BadRequest,
@@ -842,6 +1191,7 @@ async fn handle(core: Arc<Core>, job: Job) -> Ready {
         id: job.id,
         since: Instant::now(),
         attempts: 0,
+        timing: job.timing,
     }
 }
 
@@ -911,6 +1261,7 @@ mod tests {
             body: String::new(),
             body_encoding: None,
             created_at: String::new(),
+            response_timeout_ms: None,
         }
     }
 
@@ -928,6 +1279,70 @@ mod tests {
     fn invalid_header_names_or_values_are_bad_requests() {
         assert!(file_headers(&request(&[("bad name", "x")]), 0).is_err());
         assert!(file_headers(&request(&[("accept", "a\r\nb")]), 0).is_err());
+    }
+
+    #[test]
+    fn the_relays_deadline_comes_a_margin_before_the_gateways() {
+        assert_eq!(
+            deadline_margin(Duration::from_secs(30)),
+            Duration::from_secs(3)
+        );
+        assert_eq!(
+            deadline_margin(Duration::from_secs(3)),
+            Duration::from_secs(1)
+        );
+        assert_eq!(
+            deadline_margin(Duration::from_secs(1)),
+            Duration::from_millis(500)
+        );
+        assert_eq!(
+            deadline_margin(Duration::from_secs(300)),
+            Duration::from_secs(5)
+        );
+        let now = Instant::now();
+        let meta = |created_ms, timeout_ms| FileMeta {
+            created_ms,
+            timeout_ms,
+        };
+        // Our gateway: 3 s in the file, created 500 ms before the listing (sandbox clock).
+        let t = Timing::of(None, &meta(Some(10_000), Some(3000)), Some(10_500), now);
+        assert_eq!(t.forward_by, now + Duration::from_millis(1500));
+        assert_eq!(t.not_after, Some(10_000 + 3000 - 200));
+        assert!(!t.relay_sweeps);
+        // The host's value and the file's: the smaller counts.
+        let t = Timing::of(
+            Some(Duration::from_secs(10)),
+            &meta(Some(10_000), Some(3000)),
+            Some(10_000),
+            now,
+        );
+        assert_eq!(t.forward_by, now + Duration::from_secs(2));
+        // Paperclip's gateway: no timeout in the file, the host's value, and the relay sweeps.
+        let t = Timing::of(
+            Some(Duration::from_secs(30)),
+            &meta(Some(10_000), None),
+            Some(11_000),
+            now,
+        );
+        assert_eq!(t.forward_by, now + Duration::from_secs(26));
+        assert_eq!(t.sweep_at, now + Duration::from_secs(31));
+        assert!(t.relay_sweeps);
+        // Written during the take's wait: nothing waited yet, counted from createdAt.
+        let t = Timing::of(None, &meta(Some(52_000), None), Some(50_000), now);
+        assert_eq!(t.forward_by, now + Duration::from_secs(27));
+        assert_eq!(t.not_after, Some(52_000 + 30_000 - 200));
+        // Nothing known: 30 s from the take; a createdAt far in the past or in the future
+        // counts as unknown.
+        for created in [None, Some(1), Some(99_000)] {
+            let t = Timing::of(None, &meta(created, None), Some(50_000), now);
+            assert_eq!(t.forward_by, now + Duration::from_secs(27), "{created:?}");
+            assert_eq!(t.not_after, Some(50_000 + 30_000 - 200));
+        }
+        let t = Timing::of(None, &meta(Some(1), None), None, now);
+        assert_eq!(
+            (t.forward_by, t.not_after),
+            (now + Duration::from_secs(27), None)
+        );
     }
 
     #[test]

@@ -233,11 +233,20 @@ fn listing_loop(params: &TakeParams, suffix: &str, claim: bool) -> String {
 }
 
 /// Claims waiting requests (`requests/<id>.json` → `.claimed`, oldest first by `ls -tr`) and
-/// prints them; waits up to `wait_ms` for the first one.
-pub fn take(ops: &Ops, dir: &str, p: &TakeParams) -> String {
+/// prints them; waits up to `wait_ms` for the first one. With `put`, the command first publishes
+/// those responses (as [`put_sh`] does; its markers end with `:P`), so one command answers a
+/// batch and takes the next; with `sweep`, it removes those ids' leftover claims and responses.
+pub fn take(
+    ops: &Ops,
+    dir: &str,
+    p: &TakeParams,
+    put: Option<&PutPlan<'_>>,
+    sweep: &[String],
+) -> String {
+    let label = if put.is_some() { "put-take" } else { "take" };
     if let Ops::Helper(path) = ops {
         let mut s = format!(
-            "# callback-bridge queue take\nexec {} queue take --dir {} --wait-ms {} --max-files {} --max-bytes {} --envelope {}",
+            "# callback-bridge queue {label}\nexec {} queue take --dir {} --wait-ms {} --max-files {} --max-bytes {} --envelope {}",
             sh_quote(path),
             sh_quote(dir),
             p.wait_ms,
@@ -248,12 +257,27 @@ pub fn take(ops: &Ops, dir: &str, p: &TakeParams) -> String {
         if let Some(relay) = &p.relay {
             let _ = write!(s, " --relay-json {}", sh_quote(relay));
         }
+        if put.is_some() {
+            s.push_str(" --put");
+        }
+        if !sweep.is_empty() {
+            let _ = write!(s, " --sweep {}", sweep.join(","));
+        }
         return s;
     }
     let polls = p.wait_ms / SH_POLL_MS;
-    let mut s = String::from("# callback-bridge queue take\n");
+    let mut s = format!("# callback-bridge queue {label}\n");
     s.push_str(SH_PRELUDE);
     enter_root(&mut s, dir, true);
+    s.push_str(SH_MS);
+    s.push_str("now=''\n");
+    if let Some(plan) = put {
+        put_sh_body(&mut s, plan, ":P");
+    }
+    sweep_sh_body(&mut s, sweep);
+    // The sandbox clock, when the put read it (before the wait): the relay otherwise reckons
+    // it from the offset it learnt at start-up, and no `date` runs on an agent's path.
+    s.push_str("[ -n \"$now\" ] && echo \":T $now\"\n");
     enter_sub(&mut s, "requests", true);
     s.push_str(&sh_read_fn(p.envelope));
     let _ = write!(
@@ -313,6 +337,8 @@ pub fn start(ops: &Ops, dir: &str, announce: Option<&str>, p: &TakeParams) -> St
         );
     }
     enter_sub(&mut s, "requests", false);
+    s.push_str(SH_MS);
+    s.push_str("ms; [ -n \"$t\" ] && echo \":T $t\"\n");
     s.push_str(&sh_read_fn(p.envelope));
     s.push_str("ls -tr 2>/dev/null | {\n");
     s.push_str(&listing_loop(p, ".json.claimed", false));
@@ -326,37 +352,86 @@ pub const INLINE_RESPONSE_MAX: usize = 32 * 1024;
 /// Total inline response bytes in one script: under `MAX_ARG_STRLEN` with room for the rest.
 pub const INLINE_SCRIPT_BUDGET: usize = 96 * 1024;
 
+/// One response a command publishes.
+#[derive(Debug, Clone, Copy)]
+pub struct PutItem<'a> {
+    pub id: &'a str,
+    /// The response file (compact JSON, UTF-8).
+    pub json: &'a [u8],
+    /// Sandbox time (ms since the epoch) after which the gateway no longer waits: the response
+    /// is then not written, and the claim is removed (docs/queue-transport.md, "Nested timeouts").
+    pub not_after: Option<u64>,
+}
+
+/// The responses one command publishes before anything else: `inline` ones travel in the
+/// script, at most one (`stdin`) on the command's stdin (sh); the helper reads all from stdin.
+#[derive(Debug, Default)]
+pub struct PutPlan<'a> {
+    pub inline: Vec<PutItem<'a>>,
+    /// The response whose bytes are the command's stdin (sh only); its `json` is unused.
+    pub stdin: Option<(PutItem<'a>, usize)>,
+}
+
+/// Shell function `ms`: sets `$t` to the sandbox clock in milliseconds since the epoch
+/// (`date +%s%N`, else whole seconds), or empty when `date` is missing.
+const SH_MS: &str = r#"ms() {
+  t=$(date +%s%N 2>/dev/null)
+  case $t in ''|*[!0-9]*) t=$(date +%s 2>/dev/null); case $t in ''|*[!0-9]*) t='' ;; *) t=${t}500 ;; esac ;;
+  *) if [ ${#t} -ge 16 ]; then t=${t%??????}; else t=${t}500; fi ;; esac
+}
+"#;
+
 /// Publishes responses: `inline` ones travel in the script; `stdin` (id, length), if any, is read
 /// from the command's stdin and published only if all its bytes arrived (an exec channel without
 /// stdin, e.g. `docker exec` without `-i`, must not publish an empty answer). Each is written
-/// only if `requests/<id>.json.claimed` existed when the command looked and no response exists;
-/// then the `.claimed` files are removed. Every directory is entered with [`SH_ENTER`]'s check
+/// only if `requests/<id>.json.claimed` existed when the command looked, no response exists and
+/// its `not_after` has not passed (then its claim is removed: nobody waits); then the `.claimed`
+/// files of the published ones are removed. Every directory is entered with [`SH_ENTER`]'s check
 /// and every file is named relative to it, so no planted symlink is written through.
-pub fn put_sh(dir: &str, inline: &[(&str, &[u8])], stdin: Option<(&str, usize)>) -> String {
+pub fn put_sh(dir: &str, plan: &PutPlan<'_>) -> String {
     let mut s = String::from("# callback-bridge queue put\n");
     s.push_str(SH_PRELUDE);
     enter_root(&mut s, dir, false);
-    s.push_str("mkdir -p responses 2>/dev/null\n");
-    enter_sub(&mut s, "requests", false);
-    // The claims that exist now: answers are written only for these.
+    s.push_str("now=''\n");
+    put_sh_body(&mut s, plan, ":D");
+    s
+}
+
+/// The put section: starts and ends in the (checked) queue root and prints `end` when done.
+fn put_sh_body(s: &mut String, plan: &PutPlan<'_>, end: &str) {
+    // Few processes before the first answer is published: it is on the agent's path.
+    s.push_str("[ -d responses ] || mkdir -p responses 2>/dev/null\n");
+    enter_sub(s, "responses", false);
+    // The claims that exist now: answers are written only for these. (Only tested for
+    // existence through `../requests`; they are removed below from the checked directory.)
     s.push_str("c=' '\n");
-    let ids: Vec<&str> = stdin
+    let ids: Vec<&str> = plan
+        .stdin
         .iter()
-        .map(|(id, _)| *id)
-        .chain(inline.iter().map(|(id, _)| *id))
+        .map(|(item, _)| item.id)
+        .chain(plan.inline.iter().map(|item| item.id))
         .collect();
     for id in &ids {
         debug_assert!(valid_id(id));
         let _ = writeln!(
             s,
-            "if [ -f {id}.json.claimed ] && [ ! -h {id}.json.claimed ]; then c=\"${{c}}{id} \"; fi"
+            "if [ -f ../requests/{id}.json.claimed ] && [ ! -h ../requests/{id}.json.claimed ]; then c=\"${{c}}{id} \"; fi"
         );
     }
-    s.push_str("up\n");
-    enter_sub(&mut s, "responses", false);
+    let timed = plan
+        .stdin
+        .iter()
+        .map(|(item, _)| item)
+        .chain(&plan.inline)
+        .any(|item| item.not_after.is_some());
+    if timed {
+        s.push_str(SH_MS);
+        s.push_str("ms; now=$t\n");
+    }
     s.push_str(
         r#"set -C
 d=''
+late() { [ "$1" != 0 ] && [ -n "$now" ] && [ "$now" -gt "$1" ]; }
 ok() {
   case $c in *" $1 "*) ;; *) return 1 ;; esac
   [ ! -e "$1.json" ] && [ ! -h "$1.json" ]
@@ -371,9 +446,12 @@ pub() {
   fi
 }
 w() {
-  if ok "$1"; then
+  if late "$2"; then
+    case $c in *" $1 "*) d="$d $1.json.claimed" ;; esac
+    echo ":S $1"
+  elif ok "$1"; then
     rm -f -- "$1.json.tmp"
-    if printf '%s\n' "$2" > "$1.json.tmp"; then pub "$1"; else rm -f -- "$1.json.tmp"; echo ":X $1"; fi
+    if printf '%s\n' "$3" > "$1.json.tmp"; then pub "$1"; else rm -f -- "$1.json.tmp"; echo ":X $1"; fi
   else
     if [ -e "$1.json" ]; then d="$d $1.json.claimed"; fi
     echo ":S $1"
@@ -381,25 +459,49 @@ w() {
 }
 "#,
     );
-    if let Some((id, len)) = stdin {
+    if let Some((item, len)) = &plan.stdin {
+        let id = item.id;
         let _ = write!(
             s,
             r#"rm -f -- "{id}.json.tmp"
-if cat > "{id}.json.tmp" && set -- $(ls -ln "{id}.json.tmp") && [ "$5" = {len} ]; then pub {id}; else rm -f -- "{id}.json.tmp"; echo ":X {id}"; fi
-"#
+if cat > "{id}.json.tmp" && set -- $(ls -ln "{id}.json.tmp") && [ "$5" = {len} ]; then if late {na}; then rm -f -- "{id}.json.tmp"; case $c in *" {id} "*) d="$d {id}.json.claimed" ;; esac; echo ":S {id}"; else pub {id}; fi; else rm -f -- "{id}.json.tmp"; echo ":X {id}"; fi
+"#,
+            na = item.not_after.unwrap_or(0),
         );
     }
-    for (id, json) in inline {
+    for item in &plan.inline {
         // Response JSON is compact (no raw newlines) and UTF-8; the trailing newline is added
         // by printf, as Paperclip writes it.
-        let text = String::from_utf8_lossy(json);
+        let text = String::from_utf8_lossy(item.json);
         let text = text.trim_end_matches('\n');
-        let _ = writeln!(s, "w {id} {}", sh_quote(text));
+        let _ = writeln!(
+            s,
+            "w {} {} {}",
+            item.id,
+            item.not_after.unwrap_or(0),
+            sh_quote(text)
+        );
     }
-    s.push_str(
-        "if [ -n \"$d\" ]; then up; enter requests || refuse requests; rm -f $d; fi\necho ':D'\n",
+    let _ = write!(
+        s,
+        "if [ -n \"$d\" ]; then up; enter requests || refuse requests; rm -f $d; fi\nup\nset +C\necho '{end}'\n"
     );
-    s
+}
+
+/// The sweep section: removes the claims and responses of `ids` (nobody reads them any more);
+/// starts and ends in the (checked) queue root.
+fn sweep_sh_body(s: &mut String, ids: &[String]) {
+    if ids.is_empty() {
+        return;
+    }
+    for (sub, suffix) in [("requests", ".json.claimed"), ("responses", ".json")] {
+        let _ = write!(s, "enter {sub} || refuse {sub}; rm -f --");
+        for id in ids {
+            debug_assert!(valid_id(id));
+            let _ = write!(s, " {id}{suffix}");
+        }
+        s.push_str("; up\n");
+    }
 }
 
 /// The helper's put: every response travels on stdin as `<id> <len>\n<len bytes>\n`.
@@ -411,13 +513,19 @@ pub fn put_helper(path: &str, dir: &str) -> String {
     )
 }
 
-/// Frames responses for the helper's put.
-pub fn put_helper_stdin(items: &[(&str, &[u8])]) -> Vec<u8> {
-    let total: usize = items.iter().map(|(id, b)| id.len() + b.len() + 24).sum();
+/// Frames responses for the helper's put: `<id> <len> <not_after or 0>\n<bytes>\n` each.
+pub fn put_helper_stdin(items: &[PutItem<'_>]) -> Vec<u8> {
+    let total: usize = items.iter().map(|i| i.id.len() + i.json.len() + 48).sum();
     let mut out = Vec::with_capacity(total);
-    for (id, bytes) in items {
-        out.extend_from_slice(format!("{id} {}\n", bytes.len()).as_bytes());
-        out.extend_from_slice(bytes);
+    for item in items {
+        let header = format!(
+            "{} {} {}\n",
+            item.id,
+            item.json.len(),
+            item.not_after.unwrap_or(0)
+        );
+        out.extend_from_slice(header.as_bytes());
+        out.extend_from_slice(item.json);
         out.push(b'\n');
     }
     out
@@ -453,6 +561,11 @@ pub struct TakeOutput {
     /// `:R missing` / `:R other`: `relay.json` is gone / names another relay; nothing more
     /// was claimed.
     pub announcement: Option<Announcement>,
+    /// `:T <ms>`: the sandbox clock when the take began to look (sh: before its wait; the
+    /// helper: when the listing began).
+    pub sandbox_ms: Option<u64>,
+    /// The markers of the responses the command published first (`:W`/`:S`/`:X`, then `:P`).
+    pub put: PutOutput,
 }
 
 /// What a take found in `relay.json` when it was not this relay's announcement.
@@ -688,6 +801,18 @@ impl<F: FnMut(Taken)> TakeParser<F> {
                 }
             }
             "M" => self.summary.more = true,
+            "T" => self.summary.sandbox_ms = words.next().and_then(|t| t.parse().ok()),
+            "W" | "S" | "X" => {
+                if let Some(id) = words.next().filter(|id| valid_id(id)) {
+                    let put = &mut self.summary.put;
+                    match tag {
+                        "W" => put.written.push(id.to_owned()),
+                        "S" => put.skipped.push(id.to_owned()),
+                        _ => put.failed.push(id.to_owned()),
+                    }
+                }
+            }
+            "P" => self.summary.put.complete = true,
             "R" => {
                 self.summary.announcement = Some(if words.next() == Some("missing") {
                     Announcement::Missing
@@ -915,7 +1040,10 @@ mod tests {
         std::fs::write(r.join("c.json.tmp"), "x").unwrap();
         std::fs::create_dir(r.join("dir.json")).unwrap();
         std::os::unix::fs::symlink("/etc/hostname", r.join("link.json")).unwrap();
-        let out = parse_take(&sh(&take(&Ops::Sh, &q, &params(Some("{\"me\":1}"))), b""));
+        let out = parse_take(&sh(
+            &take(&Ops::Sh, &q, &params(Some("{\"me\":1}")), None, &[]),
+            b"",
+        ));
         assert!(out.complete);
         let ids: Vec<&str> = out.items.iter().map(Taken::id).collect();
         assert_eq!(ids[0], "z", "oldest first: {ids:?}");
@@ -945,12 +1073,18 @@ mod tests {
         let r = d.path().join("requests");
         std::fs::write(r.join("a.json"), "x").unwrap();
         std::fs::write(d.path().join("relay.json"), "{\"new\":1}").unwrap();
-        let out = parse_take(&sh(&take(&Ops::Sh, &q, &params(Some("{\"old\":1}"))), b""));
+        let out = parse_take(&sh(
+            &take(&Ops::Sh, &q, &params(Some("{\"old\":1}")), None, &[]),
+            b"",
+        ));
         assert_eq!(out.announcement, Some(Announcement::Other));
         assert!(out.items.is_empty());
         assert!(r.join("a.json").exists(), "not claimed");
         std::fs::remove_file(d.path().join("relay.json")).unwrap();
-        let out = parse_take(&sh(&take(&Ops::Sh, &q, &params(Some("{\"old\":1}"))), b""));
+        let out = parse_take(&sh(
+            &take(&Ops::Sh, &q, &params(Some("{\"old\":1}")), None, &[]),
+            b"",
+        ));
         assert_eq!(out.announcement, Some(Announcement::Missing));
     }
 
@@ -962,7 +1096,7 @@ mod tests {
         std::fs::write(d.path().join("requests/a b.json"), "x").unwrap();
         let mut p = params(None);
         p.wait_ms = 30;
-        let out = parse_take(&sh(&take(&Ops::Sh, &q, &p), b""));
+        let out = parse_take(&sh(&take(&Ops::Sh, &q, &p, None, &[]), b""));
         assert!(out.complete && out.items.is_empty());
     }
 
@@ -995,6 +1129,14 @@ mod tests {
         );
     }
 
+    fn item<'a>(id: &'a str, json: &'a [u8]) -> PutItem<'a> {
+        PutItem {
+            id,
+            json,
+            not_after: None,
+        }
+    }
+
     #[test]
     fn sh_put_writes_only_while_claimed_and_unanswered() {
         let (d, q) = queue();
@@ -1004,11 +1146,15 @@ mod tests {
         }
         std::fs::write(d.path().join("responses/c.json"), "earlier").unwrap();
         let big = format!("{{\"body\":\"{}\"}}", "y".repeat(50_000));
-        let script = put_sh(
-            &q,
-            &[("a", b"{\"q\":\"it's\"}\n"), ("gone", b"{}"), ("c", b"{}")],
-            Some(("big", big.len())),
-        );
+        let plan = PutPlan {
+            inline: vec![
+                item("a", b"{\"q\":\"it's\"}\n"),
+                item("gone", b"{}"),
+                item("c", b"{}"),
+            ],
+            stdin: Some((item("big", b""), big.len())),
+        };
+        let script = put_sh(&q, &plan);
         let out = parse_put(&sh(&script, big.as_bytes()));
         assert!(out.complete);
         assert_eq!(out.written, vec!["big", "a"]);
@@ -1022,10 +1168,82 @@ mod tests {
 
         // A response whose stdin did not arrive whole is not published.
         std::fs::write(r.join("cut.json.claimed"), "x").unwrap();
-        let out = parse_put(&sh(&put_sh(&q, &[], Some(("cut", 1000))), b"{}"));
+        let plan = PutPlan {
+            inline: Vec::new(),
+            stdin: Some((item("cut", b""), 1000)),
+        };
+        let out = parse_put(&sh(&put_sh(&q, &plan), b"{}"));
         assert_eq!(out.failed, vec!["cut"]);
         assert!(!d.path().join("responses/cut.json").exists());
         assert!(r.join("cut.json.claimed").exists());
+    }
+
+    #[test]
+    fn sh_put_take_answers_then_takes_in_one_command() {
+        let (d, q) = queue();
+        let r = d.path().join("requests");
+        std::fs::write(r.join("a.json.claimed"), "x").unwrap();
+        std::fs::write(r.join("late.json.claimed"), "x").unwrap();
+        std::fs::write(r.join("next.json"), "n").unwrap();
+        // Leftovers of an earlier request the relay sweeps.
+        std::fs::write(r.join("old.json.claimed"), "x").unwrap();
+        std::fs::write(d.path().join("responses/old.json"), "{}").unwrap();
+        let future = crate::transport::queue::file::now_epoch_ms() + 60_000;
+        let plan = PutPlan {
+            inline: vec![
+                PutItem {
+                    id: "a",
+                    json: b"{\"id\":\"a\"}",
+                    not_after: Some(future),
+                },
+                PutItem {
+                    id: "late",
+                    json: b"{}",
+                    not_after: Some(1),
+                },
+            ],
+            stdin: None,
+        };
+        let script = take(
+            &Ops::Sh,
+            &q,
+            &params(None),
+            Some(&plan),
+            &["old".to_owned()],
+        );
+        assert!(script.starts_with("# callback-bridge queue put-take\n"));
+        let out = parse_take(&sh(&script, b""));
+        assert!(out.complete && out.put.complete, "{out:?}");
+        assert_eq!(out.put.written, vec!["a"]);
+        assert_eq!(out.put.skipped, vec!["late"]);
+        assert!(out.sandbox_ms.is_some_and(|t| t + 60_000 <= future + 1000));
+        assert_eq!(
+            out.items,
+            vec![Taken::File {
+                id: "next".into(),
+                bytes: b"n".to_vec()
+            }]
+        );
+        let responses = d.path().join("responses");
+        assert_eq!(
+            std::fs::read_to_string(responses.join("a.json")).unwrap(),
+            "{\"id\":\"a\"}\n"
+        );
+        assert!(
+            !responses.join("late.json").exists(),
+            "too late: not written"
+        );
+        assert!(!responses.join("old.json").exists(), "swept");
+        let mut left: Vec<String> = std::fs::read_dir(&r)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        assert_eq!(
+            left,
+            vec!["next.json.claimed"],
+            "answered, late and swept claims gone"
+        );
     }
 
     #[test]
