@@ -29,25 +29,11 @@ fn final_line(stderr: &str) -> &str {
 }
 
 fn queue_relay_command(sb: &Sandbox, upstream: &str, prefix: &[&str]) -> Command {
-    let queue = sb.queue_str();
-    let mut args = vec![
-        "relay",
-        "--transport",
-        "queue",
-        "--upstream",
+    sb.relay_command(
         upstream,
-        "--queue-dir",
-        queue.as_str(),
-        "--",
-    ];
-    args.extend_from_slice(prefix);
-    bridge_command_bare(
-        &args,
-        &[
-            ("CALLBACK_BRIDGE_UPSTREAM_TOKEN", UPSTREAM_TOKEN),
-            ("CALLBACK_BRIDGE_TOKEN", BRIDGE_TOKEN),
-            ("CALLBACK_BRIDGE_LOG_FORMAT", "json"),
-        ],
+        prefix,
+        &[],
+        &[("CALLBACK_BRIDGE_TOKEN", BRIDGE_TOKEN)],
     )
 }
 
@@ -66,6 +52,23 @@ fn sigterm_group(proc: &Proc) {
         .status()
         .expect("run kill");
     assert!(status.success());
+}
+
+/// Sends SIGTERM to the relay alone or to its whole process group (as `timeout` and a terminal's
+/// Ctrl-C do), then asserts a clean stop that logged no warning.
+fn stop_without_warning(relay: &mut Proc, to_group: bool) {
+    if to_group {
+        sigterm_group(relay);
+    } else {
+        relay.sigterm();
+    }
+    assert_clean_stop(relay);
+    let stderr = relay.stderr_text();
+    assert!(
+        warnings(&stderr).is_empty(),
+        "group {to_group}: {:?}",
+        warnings(&stderr)
+    );
 }
 
 /// Waits for the exit line and a clean exit: status 0, reason `signal`.
@@ -234,18 +237,7 @@ fn sigterm_stops_a_queue_relay_without_a_warning() {
         relay.wait_event("ready");
         assert_eq!(agent.get("/api/agents/me").status, 200);
         // A take is running (waiting in the sandbox for the next request) when the stop comes.
-        if to_group {
-            sigterm_group(&relay);
-        } else {
-            relay.sigterm();
-        }
-        assert_clean_stop(&mut relay);
-        let stderr = relay.stderr_text();
-        assert!(
-            warnings(&stderr).is_empty(),
-            "group {to_group}: {:?}",
-            warnings(&stderr)
-        );
+        stop_without_warning(&mut relay, to_group);
     }
 }
 
@@ -264,18 +256,7 @@ fn sigterm_stops_a_stdio_relay_without_a_warning() {
         relay.wait_event("ready");
         let agent = Agent::new(addr);
         assert_eq!(agent.get("/api/agents/me").status, 200);
-        if to_group {
-            sigterm_group(&relay);
-        } else {
-            relay.sigterm();
-        }
-        assert_clean_stop(&mut relay);
-        let stderr = relay.stderr_text();
-        assert!(
-            warnings(&stderr).is_empty(),
-            "group {to_group}: {:?}",
-            warnings(&stderr)
-        );
+        stop_without_warning(&mut relay, to_group);
     }
 }
 

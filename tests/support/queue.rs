@@ -6,6 +6,7 @@
 //! credential and reaches the queue through an exec prefix (`sh -c`, or a wrapper of it).
 
 use std::path::{Path, PathBuf};
+use std::process::Command;
 
 use super::client::Agent;
 use super::process::{bridge_command_bare, Proc};
@@ -108,6 +109,22 @@ impl Sandbox {
         args: &[&str],
         env: &[(&str, &str)],
     ) -> Proc {
+        let mut p = Proc::spawn(
+            self.relay_command(upstream, prefix, args, env),
+            "queue relay",
+        );
+        p.wait_event("ready");
+        p
+    }
+
+    /// The command [`Sandbox::relay_env`] spawns, for a test that spawns it itself.
+    pub fn relay_command(
+        &self,
+        upstream: &str,
+        prefix: &[&str],
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Command {
         let queue = self.queue_str();
         let mut full = vec![
             "relay",
@@ -127,9 +144,7 @@ impl Sandbox {
             ("CALLBACK_BRIDGE_LOG_FORMAT", "json"),
         ];
         all_env.extend_from_slice(env);
-        let mut p = Proc::spawn(bridge_command_bare(&full, &all_env), "queue relay");
-        p.wait_event("ready");
-        p
+        bridge_command_bare(&full, &all_env)
     }
 
     /// Writes a counting exec prefix (`count.sh -c`, used like `sh -c`): it logs each command's
