@@ -494,28 +494,9 @@ fn streams_ended_by_an_empty_data_frame_have_no_body() {
 
 fn node_gateway_round_trip(end_with_data: bool) {
     let upstream = MockUpstream::app();
-    let port = closed_port();
-    let script = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/support/node_gateway.mjs"
-    );
-    // Paperclip's gateway reads PAPERCLIP_BRIDGE_*: an adapter maps the names in the launch command.
-    let launch = format!(
-        "PAPERCLIP_BRIDGE_TOKEN=\"$CALLBACK_BRIDGE_TOKEN\" PAPERCLIP_BRIDGE_NONCE=\"$CALLBACK_BRIDGE_NONCE\" \
-         PAPERCLIP_BRIDGE_PORT={port} exec node '{script}'"
-    );
-    let mut cmd = relay_command(
-        &upstream,
-        &["relay", "--transport", "stdio", "--", "sh", "-c", &launch],
-    );
-    cmd.env("CALLBACK_BRIDGE_TOKEN", BRIDGE_TOKEN).env(
-        "NODE_GATEWAY_END_WITH_DATA",
-        if end_with_data { "1" } else { "0" },
-    );
-    let mut relay = Proc::spawn(cmd, "relay");
-    let ready = relay.next_json().expect("relay readiness line");
-    assert_eq!(ready["event"], "ready", "{ready}");
-    let agent: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let end_with_data = if end_with_data { "1" } else { "0" };
+    let (relay, agent) =
+        node_gateway_relay(&upstream, &[("NODE_GATEWAY_END_WITH_DATA", end_with_data)]);
     let auth = format!("Bearer {BRIDGE_TOKEN}");
 
     let got = request(
@@ -636,9 +617,12 @@ fn a_body_with_a_declared_length_reaches_the_upstream_with_that_length() {
     assert_eq!(seen.header("transfer-encoding"), None);
 }
 
-/// The relay behind the Node stand-in for Paperclip's gateway, declaring `content-length` as
-/// `declare` says (see node_gateway.mjs); returns the relay and the agent's address.
-fn node_gateway_relay(upstream: &MockUpstream, declare: &str) -> (Proc, std::net::SocketAddr) {
+/// The relay behind the Node stand-in for Paperclip's gateway, configured by `env` (the
+/// `NODE_GATEWAY_*` switches of node_gateway.mjs); returns the relay and the agent's address.
+fn node_gateway_relay(
+    upstream: &MockUpstream,
+    env: &[(&str, &str)],
+) -> (Proc, std::net::SocketAddr) {
     let port = closed_port();
     let script = concat!(
         env!("CARGO_MANIFEST_DIR"),
@@ -653,7 +637,7 @@ fn node_gateway_relay(upstream: &MockUpstream, declare: &str) -> (Proc, std::net
         &["relay", "--transport", "stdio", "--", "sh", "-c", &launch],
     );
     cmd.env("CALLBACK_BRIDGE_TOKEN", BRIDGE_TOKEN)
-        .env("NODE_GATEWAY_CONTENT_LENGTH", declare);
+        .envs(env.iter().copied());
     let mut relay = Proc::spawn(cmd, "relay");
     let ready = relay.next_json().expect("relay readiness line");
     assert_eq!(ready["event"], "ready", "{ready}");
@@ -679,7 +663,8 @@ fn a_gateways_content_length_is_forwarded_and_a_false_one_refused() {
     };
 
     // A true length: forwarded as given, no chunked framing.
-    let (_relay, agent) = node_gateway_relay(&upstream, "exact");
+    let (_relay, agent) =
+        node_gateway_relay(&upstream, &[("NODE_GATEWAY_CONTENT_LENGTH", "exact")]);
     let got = upload(agent);
     assert_eq!(got.status, 201, "{}", String::from_utf8_lossy(&got.body));
     let seen = upstream.wait_for_body_end(0);
@@ -689,7 +674,7 @@ fn a_gateways_content_length_is_forwarded_and_a_false_one_refused() {
 
     // No length (Paperclip's own gateway sends none): a body that ends within 64 KiB is read
     // whole and forwarded with its length, as Paperclip's host does; a longer one streams chunked.
-    let (_relay, agent) = node_gateway_relay(&upstream, "");
+    let (_relay, agent) = node_gateway_relay(&upstream, &[("NODE_GATEWAY_CONTENT_LENGTH", "")]);
     assert_eq!(upload(agent).status, 201);
     let seen = upstream.wait_for_body_end(1);
     assert!(seen.body == body && seen.body_complete);
@@ -719,7 +704,8 @@ fn a_gateways_content_length_is_forwarded_and_a_false_one_refused() {
     // gateway answers its agent 502), and no body arrives complete upstream.
     for declare in ["over", "under"] {
         let before = upstream.request_count();
-        let (_relay, agent) = node_gateway_relay(&upstream, declare);
+        let (_relay, agent) =
+            node_gateway_relay(&upstream, &[("NODE_GATEWAY_CONTENT_LENGTH", declare)]);
         let got = upload(agent);
         assert!(
             got.status >= 400 && got.status != 201,
