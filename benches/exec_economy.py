@@ -23,9 +23,21 @@ commands per request in both phases. Pairings run interleaved (rotating order) i
 the table shows the median over rounds and [min–max], and the 1-minute load average seen at the
 start of each measurement (median [min–max]).
 
+--transport stdio measures the stdio transport the same way (N = 0: the exec round trip is paid
+once, when the session starts; 50 warm-up requests, 300 lone requests, 10 agents × 100), for
+  ours          our stdio gateway under our stdio relay
+  paperclip     Paperclip's http2_v1 gateway under Paperclip's http2_v1 host (benches/
+                paperclip_stdio.mjs, through tests/interop/lib)
+  ours+pc       our stdio gateway under Paperclip's http2_v1 host
+  pc+ours       Paperclip's http2_v1 gateway under our stdio relay
+with rate limiting off on our side, and adds a table of each pairing's ratio to Paperclip's pair
+round by round (lone p50: Paperclip's / its own, above 1 is faster; throughput: its own /
+Paperclip's).
+
   cargo build --release --bin callback-bridge --example bench_upstream
   (cd tests/interop && npm ci)
   python3 benches/exec_economy.py [--rounds R] [--delays 0,80] [--pairings ours,paperclip,…]
+  python3 benches/exec_economy.py --transport stdio [--rounds R] [--pairings …]
 
 Not a test: it asserts nothing and prints Markdown tables (and the raw rows as JSON on stderr).
 """
@@ -34,7 +46,9 @@ import argparse
 import http.client
 import json
 import os
+import shlex
 import shutil
+import socket
 import statistics
 import subprocess
 import sys
@@ -49,6 +63,7 @@ BIN_BEFORE = os.environ.get("BENCH_BIN_BEFORE")
 UPSTREAM = os.path.join(TARGET, "release", "examples", "bench_upstream")
 NODE = os.path.join(ROOT, "tests", "interop", "node_modules", ".bin", "node")
 SIDECAR = os.path.join(ROOT, "benches", "paperclip_queue.mjs")
+STDIO_SIDECAR = os.path.join(ROOT, "benches", "paperclip_stdio.mjs")
 TOKEN = "bench-bridge-token-0123456789abcdefgh"
 CREDENTIAL = "bench-upstream-secret"
 READY_TIMEOUT = 60.0
@@ -56,6 +71,9 @@ READY_TIMEOUT = 60.0
 SIZES = {0: (60, 20), 80: (30, 10)}
 AGENTS = 10
 ALL_PAIRINGS = ["ours", "ours-helper", "paperclip", "ours+pc", "pc+ours"]
+# --transport stdio: (lone requests, requests per agent with 10 agents) and the pairings.
+STDIO_SIZES = (300, 100)
+STDIO_PAIRINGS = ["ours", "paperclip", "ours+pc", "pc+ours"]
 
 
 def ready_line(proc, what):
@@ -162,6 +180,61 @@ class Pairing:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def wait_listening(port, what):
+    """Poll until something accepts connections on the port (bounded by READY_TIMEOUT)."""
+    deadline = time.monotonic() + READY_TIMEOUT
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise SystemExit(f"{what} does not listen on {port}")
+            time.sleep(0.02)
+
+
+class StdioPairing(Pairing):
+    """One gateway + host-side pair over a long-running command's stdio (HTTP/2)."""
+
+    def __init__(self, name, upstream_url, workdir):
+        self.name = name
+        self.procs = []
+        self.count_files = []
+        self.dir = tempfile.mkdtemp(prefix=f"stdio-{name.replace('+', '_')}-", dir=workdir)
+        self.log = open(os.path.join(self.dir, "log"), "w")
+        port = free_port()
+        self.url = f"http://127.0.0.1:{port}"
+        quiet = {"CALLBACK_BRIDGE_RATE_LIMIT_PER_SECOND": "0", "CALLBACK_BRIDGE_LOG_LEVEL": "warn"}
+        pc_mode = {"paperclip": "pair", "ours+pc": "host", "pc+ours": "gateway-script"}.get(name)
+        script = None
+        if pc_mode:
+            opts = {"mode": pc_mode, "dir": self.dir, "port": port, "token": TOKEN,
+                    "upstream": upstream_url, "credential": CREDENTIAL}
+            side = self.spawn([NODE, STDIO_SIDECAR, json.dumps(opts)],
+                              {"CALLBACK_BRIDGE_BIN": BIN, **quiet}, stdin=subprocess.PIPE)
+            script = ready_line(side, "Paperclip's side").get("script")
+        if name in ("ours", "pc+ours"):
+            if name == "ours":
+                script = " ".join([
+                    "exec", shlex.quote(BIN), "gateway", "--transport", "stdio", "--listen",
+                    f"127.0.0.1:{port}", "--rate-limit-per-second", "0", "--log-level", "warn"])
+            relay = self.spawn(
+                [BIN, "relay", "--transport", "stdio", "--upstream", upstream_url,
+                 "--rate-limit-per-second", "0", "--log-level", "warn", "--", "sh", "-c", script],
+                {"CALLBACK_BRIDGE_UPSTREAM_TOKEN": CREDENTIAL, "CALLBACK_BRIDGE_TOKEN": TOKEN},
+            )
+            ready_line(relay, "our relay")
+        wait_listening(port, f"the {name} gateway")
+
+
 def agent(url, n, latencies, errors):
     host = url.replace("http://", "").rstrip("/")
     conn = http.client.HTTPConnection(host, timeout=60)
@@ -211,16 +284,22 @@ def phase(pairing, agents, per_agent):
     }
 
 
-def measure(name, delay_ms, upstream_url, workdir):
-    lone_n, per_agent = SIZES.get(delay_ms, (30, 10))
-    pairing = Pairing(name, delay_ms, upstream_url, workdir)
+def measure(name, delay_ms, upstream_url, workdir, transport="queue"):
+    if transport == "stdio":
+        lone_n, per_agent = STDIO_SIZES
+        pairing = StdioPairing(name, upstream_url, workdir)
+    else:
+        lone_n, per_agent = SIZES.get(delay_ms, (30, 10))
+        pairing = Pairing(name, delay_ms, upstream_url, workdir)
     try:
-        agent(pairing.url, 3, [], [])  # warm-up: connections, caches, the first put-take
+        # Warm-up: connections, caches, the first put-take (stdio: also Node's JIT, 50 requests).
+        agent(pairing.url, 50 if transport == "stdio" else 3, [], [])
         lone = phase(pairing, 1, lone_n)
         many = phase(pairing, AGENTS, per_agent)
     finally:
         pairing.close()
-    return {"pairing": name, "delay_ms": delay_ms, "lone": lone, "many": many}
+    return {"pairing": name, "transport": transport, "delay_ms": delay_ms, "lone": lone,
+            "many": many}
 
 
 def summary(values, fmt):
@@ -233,15 +312,58 @@ def summary(values, fmt):
     return f"{fmt.format(med)} [{fmt.format(min(values))}–{fmt.format(max(values))}]"
 
 
+def stdio_tables(rows, pairings):
+    """The stdio table (no exec delay, no command counts: one command per session) and the ratio
+    of each pairing to Paperclip's pair, round by round (same machine state within a round)."""
+    print("| pairing | lone p50 ms | lone p90 ms | 10 agents req/s | load avg |")
+    print("| --- | --- | --- | --- | --- |")
+    for name in pairings:
+        mine = [r for r in rows if r["pairing"] == name]
+        if not mine:
+            continue
+        lone = [r["lone"] for r in mine]
+        many = [r["many"] for r in mine]
+        errors = sum(x["errors"] for x in lone + many)
+        print(
+            f"| {name} | {summary([x['p50_ms'] for x in lone], '{:.2f}')} "
+            f"| {summary([x['p90_ms'] for x in lone], '{:.2f}')} "
+            f"| {summary([x['rps'] for x in many], '{:.0f}')} "
+            f"| {summary([x['load'] for x in lone + many], '{:.1f}')}"
+            + (f" ({errors} errors)" if errors else "") + " |"
+        )
+    rounds = sorted({r["round"] for r in rows})
+    base = {r["round"]: r for r in rows if r["pairing"] == "paperclip"}
+    others = [p for p in pairings if p != "paperclip"]
+    if not base or not others:
+        return
+    print()
+    print("| round | " + " | ".join(f"{p}: Paperclip p50 / its p50" for p in others)
+          + " | " + " | ".join(f"{p}: its req/s / Paperclip's" for p in others) + " |")
+    print("| --- " * (1 + 2 * len(others)) + "|")
+    for rnd in rounds:
+        pc = base.get(rnd)
+        mine = {r["pairing"]: r for r in rows if r["round"] == rnd}
+        if pc is None:
+            continue
+        lat = [f"{pc['lone']['p50_ms'] / mine[p]['lone']['p50_ms']:.2f}" if p in mine else "-"
+               for p in others]
+        thr = [f"{mine[p]['many']['rps'] / pc['many']['rps']:.2f}" if p in mine else "-"
+               for p in others]
+        print(f"| {rnd + 1} | " + " | ".join(lat + thr) + " |")
+
+
 def main():
     ap = argparse.ArgumentParser()
+    ap.add_argument("--transport", choices=["queue", "stdio"], default="queue")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--delays", default="0,80")
-    ap.add_argument("--pairings", default=",".join(ALL_PAIRINGS))
+    ap.add_argument("--pairings")
     args = ap.parse_args()
-    delays = [int(d) for d in args.delays.split(",")]
-    pairings = args.pairings.split(",")
-    if BIN_BEFORE and "before" not in pairings:
+    stdio = args.transport == "stdio"
+    # The exec delay only touches a stdio session's start, not its requests: stdio runs N = 0.
+    delays = [0] if stdio else [int(d) for d in args.delays.split(",")]
+    pairings = (args.pairings or ",".join(STDIO_PAIRINGS if stdio else ALL_PAIRINGS)).split(",")
+    if BIN_BEFORE and "before" not in pairings and not stdio:
         pairings.append("before")
     if any(p not in ("ours", "ours-helper", "before") for p in pairings) and not os.path.exists(NODE):
         raise SystemExit("Paperclip's side needs `npm ci` in tests/interop (Node 24 there)")
@@ -256,12 +378,16 @@ def main():
                     # Rotate the order so that no pairing always runs first or last.
                     order = pairings[r % len(pairings):] + pairings[:r % len(pairings)]
                     for name in order:
-                        row = measure(name, delay, upstream_url, workdir)
+                        row = measure(name, delay, upstream_url, workdir, args.transport)
+                        row["round"] = r
                         print(json.dumps(row), file=sys.stderr, flush=True)
                         rows.append(row)
         finally:
             up.terminate()
             up.wait(10)
+    if stdio:
+        stdio_tables(rows, pairings)
+        return
     print("| N ms | pairing | lone p50 ms | lone p90 ms | lone cmd/req | 10 agents req/s "
           "| 10 agents cmd/req | load avg |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
