@@ -67,8 +67,24 @@ struct ReadyLine<'a> {
     /// The admin listener's URL, when one is configured (docs/reference.md §3.8).
     #[serde(skip_serializing_if = "Option::is_none")]
     admin: Option<String>,
-    run_id: &'a str,
-    role: &'a str,
+}
+
+/// A readiness line: the role's own fields, then `run_id` and `role`, like every log line.
+pub fn ready_json<T: serde::Serialize>(fields: &T) -> String {
+    #[derive(serde::Serialize)]
+    struct WithContext<'a, T> {
+        #[serde(flatten)]
+        fields: &'a T,
+        run_id: &'a str,
+        role: &'a str,
+    }
+    let (run_id, role) = crate::telemetry::line_context();
+    serde_json::to_string(&WithContext {
+        fields,
+        run_id,
+        role,
+    })
+    .unwrap_or_default()
 }
 
 /// Prints one JSON line on stdout and flushes it.
@@ -326,17 +342,14 @@ pub async fn serve<D: Dispatch>(
     if let Some(on_bound) = hooks.on_bound {
         on_bound(&addr)?;
     }
-    let (run_id, role) = crate::telemetry::line_context();
     let ready = ReadyLine {
         event: "ready",
         url: addr.url(),
         pid: std::process::id(),
         token: token.generated.then(|| token.token.expose()),
         admin: admin.as_ref().map(crate::admin::Admin::url),
-        run_id,
-        role,
     };
-    let ready = serde_json::to_string(&ready).unwrap_or_default();
+    let ready = ready_json(&ready);
     if let Some(path) = &lifecycle.ready_file {
         write_private_file(path, ready.as_bytes()).map_err(|source| ServeError::ReadyFile {
             path: path.clone(),

@@ -444,6 +444,11 @@ fn gateways_and_the_stdio_relay_have_admin_listeners() {
         },
     );
     assert_eq!(relay.agent().get(ME).status, 200);
+    // The readiness line carries run_id and role like every log line.
+    assert_eq!(relay.ready["role"], "relay", "{}", relay.ready);
+    assert!(relay.ready["run_id"]
+        .as_str()
+        .is_some_and(|id| !id.is_empty()));
     let relay_admin = admin_of(&relay.ready);
     let r = request(relay_admin, "GET", "/readyz", &[], b"");
     assert_eq!(r.status, 200, "{:?}", r.text());

@@ -116,14 +116,13 @@ pub async fn run_launched(
     let (stop_tx, stop_rx) = mpsc::channel(4);
     pipeline.watch_lifecycle(&common.lifecycle, stop_tx);
     let admin = crate::admin::start(common.admin, &metrics).await?;
-    let ready_line = serde_json::to_string(&ReadyLine {
+    let ready_line = crate::server::ready_json(&ReadyLine {
         event: "ready",
         transport: "stdio",
         pid: std::process::id(),
         token: token.generated.then(|| token.token.expose()),
         admin,
-    })
-    .unwrap_or_default();
+    });
     let launcher = Launcher {
         argv: command,
         mode: handshake,
