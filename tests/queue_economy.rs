@@ -143,7 +143,9 @@ fn an_answer_is_published_by_a_command_started_before_its_request() {
                 .find(|&&(started, _, written)| !started && written > 0)
                 .map(|&(_, pid, _)| pid)
         };
-        wait_until("the answering command's end in the log", || writer().is_some());
+        wait_until("the answering command's end in the log", || {
+            writer().is_some()
+        });
         let pid = writer().unwrap();
         assert!(
             before.contains(&pid),
@@ -183,7 +185,9 @@ exec sh -c "$1"
         assert_eq!(gw.request("GET", "/api/agents/me", &[], b"").status, 200);
         std::fs::write(&flag, "").unwrap();
         // A spare picks the flag up when it starts: it is then waiting for its work.
-        wait_until("a doomed spare", || sb.path("kill-next-spare.used").exists());
+        wait_until("a doomed spare", || {
+            sb.path("kill-next-spare.used").exists()
+        });
         for _ in 0..3 {
             let r = gw.request("GET", "/api/agents/me", &[], b"");
             assert_eq!(r.status, 200, "helper {helper}: {}", relay.stderr_text());

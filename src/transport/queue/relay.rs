@@ -83,6 +83,11 @@ pub const TAKE_HOLD: Duration = Duration::from_millis(100);
 /// A spare command not given work within this long is retired (it exits at once): what it then
 /// runs (an idle wait, a put) must still end within the command time limit.
 pub const SPARE_MAX_AGE: Duration = Duration::from_secs(20);
+/// Spare commands kept started ahead. A spare given work before its exec delay has passed still
+/// makes the answer wait for the rest of it; with two, back-to-back requests use a spare started
+/// two hand-offs earlier. Idle, each waits two idle waits before its turn (within
+/// [`SPARE_MAX_AGE`]).
+pub const SPARES: usize = 2;
 /// The gateway's response timeout when neither the host (`--response-timeout`,
 /// `PAPERCLIP_BRIDGE_RESPONSE_TIMEOUT_MS`) nor the request file says (Paperclip's default).
 pub const DEFAULT_GATEWAY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -588,9 +593,9 @@ struct Loop {
     /// `relay.json` vanished: write it again (with the next recovery).
     announce_needed: bool,
     stopping: Option<(ExitReason, Instant)>,
-    /// The take lane's next command, already started (the exec channel's delay is paid while
-    /// nothing waits for it); `None` while none runs.
-    spare: Option<Spare>,
+    /// The take lane's next commands, already started (the exec channel's delay is paid while
+    /// nothing waits for it), oldest first.
+    spares: VecDeque<Spare>,
     /// Spares told to exit (retired by age, or on stop), awaited.
     retiring: JoinSet<(Result<Output, ExecError>, TakeBatch)>,
     spare_not_before: Instant,
@@ -625,7 +630,7 @@ impl Loop {
             recovery_needed: false,
             announce_needed: false,
             stopping: None,
-            spare: None,
+            spares: VecDeque::new(),
             retiring: JoinSet::new(),
             spare_not_before: now,
             spare_failures: 0,
@@ -678,7 +683,7 @@ impl Loop {
         self.stopping.is_some()
             && self.take.is_none()
             && self.put.is_none()
-            && self.spare.is_none()
+            && self.spares.is_empty()
             && self.retiring.is_empty()
             && self.backlog.is_empty()
             && self.forwarding.is_empty()
@@ -721,14 +726,14 @@ impl Loop {
         self.schedule_spare();
     }
 
-    /// Starts a spare when none runs; retires one that is too old or no longer needed.
+    /// Starts spares up to [`SPARES`]; retires those too old or no longer needed.
     fn schedule_spare(&mut self) {
         let now = Instant::now();
-        let retire = self.spare.as_ref().is_some_and(|s| {
-            self.stopping.is_some() || now.duration_since(s.started) >= SPARE_MAX_AGE
-        });
-        if retire {
-            let spare = self.spare.take().expect("spare");
+        while let Some(spare) = self.spares.pop_front() {
+            if self.stopping.is_none() && now.duration_since(spare.started) < SPARE_MAX_AGE {
+                self.spares.push_front(spare);
+                break;
+            }
             // Its stdin closes empty: it exits at once without touching the queue.
             drop(spare.work);
             self.retiring.spawn(async move {
@@ -741,20 +746,15 @@ impl Loop {
                 })
             });
         }
-        if self.spare.is_none()
+        while self.spares.len() < SPARES
             && !self.spares_off
             && self.stopping.is_none()
             && now >= self.spare_not_before
         {
             let (tx, rx) = tokio::sync::oneshot::channel();
             let script = scripts::spare(&self.core.ops);
-            let handle = tokio::spawn(run_take(
-                self.core.clone(),
-                script,
-                Stdin::Later(rx),
-                false,
-            ));
-            self.spare = Some(Spare {
+            let handle = tokio::spawn(run_take(self.core.clone(), script, Stdin::Later(rx), false));
+            self.spares.push_back(Spare {
                 handle,
                 work: tx,
                 started: now,
@@ -882,9 +882,16 @@ impl Loop {
             (script, stdin)
         };
         // The spare runs it when it can (its exec delay is behind us); else a new command.
-        let spare = self.spare.take_if(|s| {
-            !recovery && !s.handle.is_finished() && s.started.elapsed() < SPARE_MAX_AGE
-        });
+        // (One that has ended is left for the event loop to report.)
+        let spare = if recovery {
+            None
+        } else {
+            self.spares
+                .front()
+                .is_some_and(|s| !s.handle.is_finished())
+                .then(|| self.spares.pop_front())
+                .flatten()
+        };
         let payload = spare
             .as_ref()
             .and_then(|_| scripts::spare_payload(&core.ops, &script, stdin.as_deref()));
@@ -896,7 +903,9 @@ impl Loop {
                 spare.handle
             }
             (spare, _) => {
-                self.spare = spare;
+                if let Some(spare) = spare {
+                    self.spares.push_front(spare);
+                }
                 tokio::spawn(run_take(core, script, stdin.into(), recovery))
             }
         };
@@ -1134,12 +1143,11 @@ impl Loop {
                 consider(self.take_not_before);
                 consider(self.hold_until);
             }
-            match &self.spare {
-                Some(spare) => consider(spare.started + SPARE_MAX_AGE),
-                None if !self.spares_off && self.stopping.is_none() => {
-                    consider(self.spare_not_before)
-                }
-                None => {}
+            if let Some(spare) = self.spares.front() {
+                consider(spare.started + SPARE_MAX_AGE);
+            }
+            if self.spares.len() < SPARES && !self.spares_off && self.stopping.is_none() {
+                consider(self.spare_not_before);
             }
             let drain_at = self.stopping.map(|(_, at)| at);
             let deadline_fired = self.deadline_passed;
@@ -1152,8 +1160,15 @@ impl Loop {
                     });
                     self.take_done(r, batch, run)?;
                 }
-                r = async { (&mut self.spare.as_mut().expect("spare").handle).await }, if self.spare.is_some() => {
-                    self.spare = None;
+                (i, r) = std::future::poll_fn(|cx| {
+                    for (i, spare) in self.spares.iter_mut().enumerate() {
+                        if let std::task::Poll::Ready(r) = std::future::Future::poll(std::pin::Pin::new(&mut spare.handle), cx) {
+                            return std::task::Poll::Ready((i, r));
+                        }
+                    }
+                    std::task::Poll::Pending
+                }), if !self.spares.is_empty() => {
+                    self.spares.remove(i);
                     let r = r.map_or_else(|e| Err(ExecError::Io(std::io::Error::other(e))), |(r, _)| r);
                     self.spare_ended(r)?;
                 }
