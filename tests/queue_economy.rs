@@ -201,3 +201,34 @@ exec sh -c "$1"
         });
     }
 }
+
+#[test]
+fn an_exec_prefix_without_stdin_runs_without_spares() {
+    // `sh` scripts only: the helper's put reads every response from stdin, so it needs one anyway.
+    {
+        let helper = false;
+        let bin = "";
+        let up = MockUpstream::app();
+        let sb = Sandbox::new();
+        let (_gw_proc, gw) = sb.gateway(&[]);
+        // Like `docker exec` without `-i`: every command reads end of file at once.
+        let path = sb.path("no-stdin.sh");
+        std::fs::write(
+            &path,
+            "#!/bin/sh\n[ \"$1\" = -c ] && shift\nexec sh -c \"$1\" < /dev/null\n",
+        )
+        .unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let path = path.display().to_string();
+        let relay = sb.relay(&up.url(), &[path.as_str(), "-c"], &relay_args(helper, &bin));
+        wait_until("the warning", || {
+            relay.stderr_text().contains("running without spares")
+        });
+        for _ in 0..3 {
+            let r = gw.request("GET", "/api/agents/me", &[], b"");
+            assert_eq!(r.status, 200, "helper {helper}: {}", relay.stderr_text());
+        }
+        assert_eq!(up.count_path("/api/agents/me"), 3);
+    }
+}

@@ -765,6 +765,7 @@ impl Loop {
     /// A spare ended before it was given work.
     fn spare_ended(&mut self, result: Result<Output, ExecError>) -> Result<(), TransportError> {
         match result {
+            Ok(_) if self.spares_off => Ok(()),
             Ok(out) if out.success && !out.stopped => {
                 // It read end of file at once: the exec channel does not forward stdin.
                 tracing::warn!(
