@@ -206,8 +206,6 @@ exec sh -c "$1"
 fn an_exec_prefix_without_stdin_runs_without_spares() {
     // `sh` scripts only: the helper's put reads every response from stdin, so it needs one anyway.
     {
-        let helper = false;
-        let bin = "";
         let up = MockUpstream::app();
         let sb = Sandbox::new();
         let (_gw_proc, gw) = sb.gateway(&[]);
@@ -221,13 +219,13 @@ fn an_exec_prefix_without_stdin_runs_without_spares() {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
         let path = path.display().to_string();
-        let relay = sb.relay(&up.url(), &[path.as_str(), "-c"], &relay_args(helper, &bin));
+        let relay = sb.relay(&up.url(), &[path.as_str(), "-c"], &[]);
         wait_until("the warning", || {
             relay.stderr_text().contains("running without spares")
         });
         for _ in 0..3 {
             let r = gw.request("GET", "/api/agents/me", &[], b"");
-            assert_eq!(r.status, 200, "helper {helper}: {}", relay.stderr_text());
+            assert_eq!(r.status, 200, "{}", relay.stderr_text());
         }
         assert_eq!(up.count_path("/api/agents/me"), 3);
     }
