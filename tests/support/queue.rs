@@ -157,17 +157,20 @@ impl Sandbox {
             r#"#!/bin/sh
 env >> '{env}'
 printf 'ARGV %s\n' "$0" "$@" >> '{env}'
+echo "S $$" >> '{order}'
 [ "$1" = -c ] && shift
 op=$(printf '%s\n' "$1" | sed -n 1p)
 out=$(sh -c "$1"); rc=$?
 taken=$(printf '%s\n' "$out" | grep -c '^:[FB] ')
 written=$(printf '%s\n' "$out" | grep -c '^:W ')
 printf '%s|%s|%s\n' "$op" "$taken" "$written" >> '{log}'
+echo "E $$ $written" >> '{order}'
 printf '%s\n' "$out"
 exit $rc
 "#,
             env = env_log.display(),
-            log = log.display()
+            log = log.display(),
+            order = self.path("commands.order").display()
         );
         let path = self.path("count.sh");
         std::fs::write(&path, script).unwrap();
@@ -182,6 +185,22 @@ exit $rc
         self.command_log()
             .into_iter()
             .map(|c| (c.op, c.taken + c.written))
+            .collect()
+    }
+
+    /// The counting prefix's start and end events in order: `(started, pid, responses
+    /// written)` (`written` is 0 for a start).
+    pub fn command_order(&self) -> Vec<(bool, u32, usize)> {
+        std::fs::read_to_string(self.path("commands.order"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| {
+                let mut f = l.split(' ');
+                let started = f.next()? == "S";
+                let pid = f.next()?.parse().ok()?;
+                let written = f.next().map_or(Some(0), |w| w.parse().ok())?;
+                Some((started, pid, written))
+            })
             .collect()
     }
 

@@ -121,6 +121,25 @@ impl CommandFailure {
     }
 }
 
+/// What a command reads on its stdin.
+#[derive(Debug, Default)]
+pub enum Stdin {
+    /// Nothing (`/dev/null`).
+    #[default]
+    None,
+    /// These bytes, then end of file.
+    Data(Vec<u8>),
+    /// Bytes given later (a spare command, started before it has work): the pipe stays open,
+    /// empty, until they come; if the sender is dropped instead, the command reads end of file.
+    Later(tokio::sync::oneshot::Receiver<Vec<u8>>),
+}
+
+impl From<Option<Vec<u8>>> for Stdin {
+    fn from(data: Option<Vec<u8>>) -> Stdin {
+        data.map_or(Stdin::None, Stdin::Data)
+    }
+}
+
 /// The exec prefix and the environment hygiene of every spawned command.
 #[derive(Debug, Clone)]
 pub struct Runner {
@@ -154,7 +173,7 @@ impl Runner {
             Flow::Continue
         };
         let mut out = self
-            .run_streaming(script, stdin, stdout_cap, None, &mut sink)
+            .run_streaming(script, stdin.into(), stdout_cap, None, &mut sink)
             .await?;
         out.stdout = kept;
         Ok(out)
@@ -169,7 +188,7 @@ impl Runner {
     pub async fn run_streaming(
         &self,
         script: String,
-        stdin: Option<Vec<u8>>,
+        stdin: Stdin,
         stdout_cap: usize,
         stall: Option<Duration>,
         sink: &mut (dyn FnMut(&[u8]) -> Flow + Send),
@@ -184,10 +203,10 @@ impl Runner {
         let mut cmd = Command::new(program);
         cmd.args(args)
             .arg(&script)
-            .stdin(if stdin.is_some() {
-                Stdio::piped()
-            } else {
+            .stdin(if matches!(stdin, Stdin::None) {
                 Stdio::null()
+            } else {
+                Stdio::piped()
             })
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -198,10 +217,16 @@ impl Runner {
             source,
         })?;
         let stdin_task = match (child.stdin.take(), stdin) {
-            (Some(mut pipe), Some(data)) => Some(tokio::spawn(async move {
+            (Some(mut pipe), Stdin::Data(data)) => Some(tokio::spawn(async move {
                 // A command that exits without reading its stdin is not an error here: its
                 // output says what it did.
                 let _ = pipe.write_all(&data).await;
+                let _ = pipe.shutdown().await;
+            })),
+            (Some(mut pipe), Stdin::Later(rx)) => Some(tokio::spawn(async move {
+                if let Ok(data) = rx.await {
+                    let _ = pipe.write_all(&data).await;
+                }
                 let _ = pipe.shutdown().await;
             })),
             _ => None,

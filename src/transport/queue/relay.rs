@@ -23,7 +23,7 @@ use http_body_util::{BodyExt, Full};
 use tokio::sync::mpsc;
 use tokio::task::{JoinHandle, JoinSet};
 
-use super::exec::{CommandFailure, ExecError, Output, Runner};
+use super::exec::{CommandFailure, ExecError, Output, Runner, Stdin};
 use super::file::{
     self, decode_body, encode_body, envelope_limit, FileError, RelayAnnouncement, RequestFile,
     ResponseFile, CLAIMS_PROTOCOL,
@@ -80,6 +80,14 @@ const PUT_STDOUT_CAP: usize = 64 * 1024;
 /// that one command writes the answers and takes the next requests (docs/queue-transport.md,
 /// "Exec economy"); a slower answer goes by its own put.
 pub const TAKE_HOLD: Duration = Duration::from_millis(100);
+/// A spare command not given work within this long is retired (it exits at once): what it then
+/// runs (an idle wait, a put) must still end within the command time limit.
+pub const SPARE_MAX_AGE: Duration = Duration::from_secs(20);
+/// Spare commands kept started ahead. A spare given work before its exec delay has passed still
+/// makes the answer wait for the rest of it; with two, back-to-back requests use a spare started
+/// two hand-offs earlier. Idle, each waits two idle waits before its turn (within
+/// [`SPARE_MAX_AGE`]).
+pub const SPARES: usize = 2;
 /// The gateway's response timeout when neither the host (`--response-timeout`,
 /// `PAPERCLIP_BRIDGE_RESPONSE_TIMEOUT_MS`) nor the request file says (Paperclip's default).
 pub const DEFAULT_GATEWAY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -469,7 +477,7 @@ async fn start_up(core: &Arc<Core>) -> Result<TakeBatch, TransportError> {
             Some(&core.announcement),
             &take_params(core, Duration::ZERO),
         );
-        match run_take(core.clone(), script, None, true).await {
+        match run_take(core.clone(), script, Stdin::None, true).await {
             (Ok(out), batch) => {
                 if out.success && batch.summary.complete {
                     return Ok(batch);
@@ -511,7 +519,7 @@ struct TakeBatch {
 async fn run_take(
     core: Arc<Core>,
     script: String,
-    stdin: Option<Vec<u8>>,
+    stdin: Stdin,
     recovered: bool,
 ) -> (Result<Output, ExecError>, TakeBatch) {
     let mut jobs = Vec::new();
@@ -542,6 +550,13 @@ struct TakeRun {
     recovery: bool,
     carried: Vec<Ready>,
     swept: Vec<String>,
+}
+
+/// A spare command: started, waiting on its stdin for the take lane's next script.
+struct Spare {
+    handle: TakeCommand,
+    work: tokio::sync::oneshot::Sender<Vec<u8>>,
+    started: Instant,
 }
 
 /// The relay's event loop: one take lane (whose command may also write answers), one put lane,
@@ -578,6 +593,15 @@ struct Loop {
     /// `relay.json` vanished: write it again (with the next recovery).
     announce_needed: bool,
     stopping: Option<(ExitReason, Instant)>,
+    /// The take lane's next commands, already started (the exec channel's delay is paid while
+    /// nothing waits for it), oldest first.
+    spares: VecDeque<Spare>,
+    /// Spares told to exit (retired by age, or on stop), awaited.
+    retiring: JoinSet<(Result<Output, ExecError>, TakeBatch)>,
+    spare_not_before: Instant,
+    spare_failures: u32,
+    /// The exec channel gave a spare no stdin (it ended at once): no more spares.
+    spares_off: bool,
 }
 
 impl Loop {
@@ -606,6 +630,11 @@ impl Loop {
             recovery_needed: false,
             announce_needed: false,
             stopping: None,
+            spares: VecDeque::new(),
+            retiring: JoinSet::new(),
+            spare_not_before: now,
+            spare_failures: 0,
+            spares_off: false,
         }
     }
 
@@ -654,6 +683,8 @@ impl Loop {
         self.stopping.is_some()
             && self.take.is_none()
             && self.put.is_none()
+            && self.spares.is_empty()
+            && self.retiring.is_empty()
             && self.backlog.is_empty()
             && self.forwarding.is_empty()
             && self.ready.is_empty()
@@ -691,6 +722,75 @@ impl Loop {
 
     /// Starts what can start: forwards from the backlog, a put, a take.
     fn schedule(&mut self) {
+        self.schedule_lanes();
+        self.schedule_spare();
+    }
+
+    /// Starts spares up to [`SPARES`]; retires those too old or no longer needed.
+    fn schedule_spare(&mut self) {
+        let now = Instant::now();
+        while let Some(spare) = self.spares.pop_front() {
+            if self.stopping.is_none() && now.duration_since(spare.started) < SPARE_MAX_AGE {
+                self.spares.push_front(spare);
+                break;
+            }
+            // Its stdin closes empty: it exits at once without touching the queue.
+            drop(spare.work);
+            self.retiring.spawn(async move {
+                spare.handle.await.unwrap_or_else(|e| {
+                    let batch = TakeBatch {
+                        jobs: Vec::new(),
+                        summary: TakeOutput::default(),
+                    };
+                    (Err(ExecError::Io(std::io::Error::other(e))), batch)
+                })
+            });
+        }
+        while self.spares.len() < SPARES
+            && !self.spares_off
+            && self.stopping.is_none()
+            && now >= self.spare_not_before
+        {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            let script = scripts::spare(&self.core.ops);
+            let handle = tokio::spawn(run_take(self.core.clone(), script, Stdin::Later(rx), false));
+            self.spares.push_back(Spare {
+                handle,
+                work: tx,
+                started: now,
+            });
+        }
+    }
+
+    /// A spare ended before it was given work.
+    fn spare_ended(&mut self, result: Result<Output, ExecError>) -> Result<(), TransportError> {
+        match result {
+            Ok(_) if self.spares_off => Ok(()),
+            Ok(out) if out.success && !out.stopped => {
+                // It read end of file at once: the exec channel does not forward stdin.
+                tracing::warn!(
+                    command = %out.command,
+                    "a spare command ended before it was given work (no stdin through the exec \
+                     prefix?); running without spares"
+                );
+                self.spares_off = true;
+                Ok(())
+            }
+            Ok(out) => {
+                self.spare_failures += 1;
+                self.spare_not_before = Instant::now() + Self::backoff(self.spare_failures);
+                self.note_failure("spare", CommandFailure::failed("spare", &out))
+            }
+            Err(e) => {
+                self.spare_failures += 1;
+                self.spare_not_before = Instant::now() + Self::backoff(self.spare_failures);
+                self.note_failure("spare", CommandFailure::Exec(e))
+            }
+        }
+    }
+
+    /// Starts what can start: forwards from the backlog, a put, a take.
+    fn schedule_lanes(&mut self) {
         let now = Instant::now();
         while self.forwarding.len() < MAX_CONCURRENT_FORWARDS {
             let Some(job) = self.backlog.pop_front() else {
@@ -782,7 +882,34 @@ impl Loop {
             );
             (script, stdin)
         };
-        let handle = tokio::spawn(run_take(core, script, stdin, recovery));
+        // The spare runs it when it can (its exec delay is behind us); else a new command.
+        // (One that has ended is left for the event loop to report.)
+        let spare = if recovery {
+            None
+        } else {
+            self.spares
+                .front()
+                .is_some_and(|s| !s.handle.is_finished())
+                .then(|| self.spares.pop_front())
+                .flatten()
+        };
+        let payload = spare
+            .as_ref()
+            .and_then(|_| scripts::spare_payload(&core.ops, &script, stdin.as_deref()));
+        let handle = match (spare, payload) {
+            (Some(spare), Some(payload)) => {
+                self.spare_failures = 0;
+                // If it has just ended, its output says so: a failed take (or put-take).
+                let _ = spare.work.send(payload);
+                spare.handle
+            }
+            (spare, _) => {
+                if let Some(spare) = spare {
+                    self.spares.push_front(spare);
+                }
+                tokio::spawn(run_take(core, script, stdin.into(), recovery))
+            }
+        };
         self.take = Some(TakeRun {
             handle,
             started: now,
@@ -1017,6 +1144,12 @@ impl Loop {
                 consider(self.take_not_before);
                 consider(self.hold_until);
             }
+            if let Some(spare) = self.spares.front() {
+                consider(spare.started + SPARE_MAX_AGE);
+            }
+            if self.spares.len() < SPARES && !self.spares_off && self.stopping.is_none() {
+                consider(self.spare_not_before);
+            }
             let drain_at = self.stopping.map(|(_, at)| at);
             let deadline_fired = self.deadline_passed;
             tokio::select! {
@@ -1028,6 +1161,19 @@ impl Loop {
                     });
                     self.take_done(r, batch, run)?;
                 }
+                (i, r) = std::future::poll_fn(|cx| {
+                    for (i, spare) in self.spares.iter_mut().enumerate() {
+                        if let std::task::Poll::Ready(r) = std::future::Future::poll(std::pin::Pin::new(&mut spare.handle), cx) {
+                            return std::task::Poll::Ready((i, r));
+                        }
+                    }
+                    std::task::Poll::Pending
+                }), if !self.spares.is_empty() => {
+                    self.spares.remove(i);
+                    let r = r.map_or_else(|e| Err(ExecError::Io(std::io::Error::other(e))), |(r, _)| r);
+                    self.spare_ended(r)?;
+                }
+                Some(_) = self.retiring.join_next(), if !self.retiring.is_empty() => {}
                 r = async { (&mut self.put.as_mut().expect("put").0).await }, if self.put.is_some() => {
                     let (_, batch) = self.put.take().expect("put");
                     let r = r.unwrap_or_else(|e| Err(ExecError::Io(std::io::Error::other(e))));

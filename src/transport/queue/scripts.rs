@@ -306,6 +306,35 @@ ls -tr 2>/dev/null | {{
     s
 }
 
+/// A spare command: started before it has work, it waits on its stdin for the script it runs
+/// (docs/queue-transport.md, "Exec economy"). With `sh`, stdin is the whole script of a take or
+/// put-take ([`take`]); with the helper, its first line is the helper's command line and the rest
+/// the responses it publishes ([`put_helper_stdin`]). Empty stdin (the relay retired it): it
+/// exits at once, printing nothing.
+pub fn spare(ops: &Ops) -> String {
+    match ops {
+        Ops::Sh => "# callback-bridge queue spare\ns=$(cat) || exit 0\n[ -n \"$s\" ] || exit 0\neval \"$s\"\n".to_owned(),
+        Ops::Helper(_) => "# callback-bridge queue spare\nIFS= read -r s || exit 0\neval \"$s\"\n".to_owned(),
+    }
+}
+
+/// What a spare reads on its stdin to run `script` (a [`take`] script) with `stdin`: the `sh`
+/// script as is (`None` when the script needs stdin of its own: not for a spare), the helper's
+/// command line (the script without its comment line) followed by `stdin`.
+pub fn spare_payload(ops: &Ops, script: &str, stdin: Option<&[u8]>) -> Option<Vec<u8>> {
+    match ops {
+        Ops::Sh => stdin.is_none().then(|| script.as_bytes().to_vec()),
+        Ops::Helper(_) => {
+            let line = script.lines().find(|l| !l.starts_with('#'))?;
+            let mut out = Vec::with_capacity(line.len() + 1 + stdin.map_or(0, <[u8]>::len));
+            out.extend_from_slice(line.as_bytes());
+            out.push(b'\n');
+            out.extend_from_slice(stdin.unwrap_or_default());
+            Some(out)
+        }
+    }
+}
+
 /// Prepares the queue, optionally announces the relay (`relay.json`, written atomically), and
 /// prints requests left claimed by a previous relay (those with a response are just cleaned up).
 pub fn start(ops: &Ops, dir: &str, announce: Option<&str>, p: &TakeParams) -> String {
