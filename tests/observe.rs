@@ -393,6 +393,8 @@ fn queue_relay_has_an_admin_listener_too() {
     let sb = Sandbox::new();
     let relay = sb.relay(&up.url(), &["sh", "-c"], &["--admin-listen", "127.0.0.1:0"]);
     let ready: Value = serde_json::from_str(&relay.stdout_lines()[0]).unwrap();
+    assert_eq!(ready["role"], "relay", "{ready}");
+    assert_eq!(ready["run_id"], RUN_ID, "{ready}");
     let admin = admin_of(&ready);
     assert_eq!(request(admin, "GET", "/readyz", &[], b"").status, 200);
     let samples = prometheus_samples(&request(admin, "GET", "/metrics", &[], b"").text());

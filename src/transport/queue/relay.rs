@@ -372,7 +372,7 @@ pub async fn run(config: QueueRelayConfig) -> Result<(), TransportError> {
         #[serde(skip_serializing_if = "Option::is_none")]
         admin: Option<String>,
     }
-    let line = serde_json::to_string(&ReadyLine {
+    let line = crate::server::ready_json(&ReadyLine {
         event: "ready",
         transport: "queue",
         queue_dir: &core.dir,
@@ -380,8 +380,7 @@ pub async fn run(config: QueueRelayConfig) -> Result<(), TransportError> {
         gateway_ready,
         fallback_reason,
         admin,
-    })
-    .unwrap_or_default();
+    });
     if let Some(path) = &common.lifecycle.ready_file {
         write_private_file(path, line.as_bytes()).map_err(|source| ServeError::ReadyFile {
             path: path.clone(),
