@@ -13,7 +13,23 @@ pub mod stdio;
 
 use std::path::PathBuf;
 
+use std::time::Duration;
+
 use crate::server::ServeError;
+
+/// Smallest margin between a relay's deadline and its gateway's timeout (at most half the timeout).
+pub const MARGIN_MIN: Duration = Duration::from_secs(1);
+/// Largest margin between a relay's deadline and its gateway's timeout.
+pub const MARGIN_MAX: Duration = Duration::from_secs(5);
+
+/// How much earlier than a gateway that waits `t` for its answer a relay gives up on the upstream,
+/// for both transports: a tenth of `t`, at least 1 s (at most half of `t`), at most 5 s. It covers
+/// delivering the answer (a queue command, an HTTP/2 frame) and the gateway noticing it, so the
+/// agent gets the relay's precise answer (504 `upstream_timeout`, 409) rather than the gateway's
+/// `bridge_timeout`.
+pub fn deadline_margin(t: Duration) -> Duration {
+    (t / 10).min(MARGIN_MAX).max(MARGIN_MIN.min(t / 2))
+}
 
 /// Why a gateway, a relay or the queue helper stopped with an error.
 #[derive(Debug, thiserror::Error)]

@@ -40,6 +40,7 @@ use crate::proxy::Forwarder;
 use crate::respond::{X_BRIDGE_ERROR, X_REQUEST_ID};
 use crate::server::{print_line, write_private_file, ServeError};
 use crate::telemetry::{Logged, Metrics};
+use crate::transport::deadline_margin;
 use crate::transport::TransportError;
 
 /// Requests forwarded at the same time (docs/reference.md §6.1). More would only queue at the upstream.
@@ -91,11 +92,6 @@ pub const SPARES: usize = 2;
 /// The gateway's response timeout when neither the host (`--response-timeout`,
 /// `PAPERCLIP_BRIDGE_RESPONSE_TIMEOUT_MS`) nor the request file says (Paperclip's default).
 pub const DEFAULT_GATEWAY_TIMEOUT: Duration = Duration::from_secs(30);
-/// The margin between the relay's deadline and the gateway's: a tenth of its timeout, at least
-/// 1 s (at most half the timeout), at most 5 s. It covers writing the answer (one command) and
-/// the gateway noticing it.
-pub const MARGIN_MIN: Duration = Duration::from_secs(1);
-pub const MARGIN_MAX: Duration = Duration::from_secs(5);
 /// An answer is not published later than this before the gateway gives up (sandbox clock).
 pub const PUT_GUARD: Duration = Duration::from_millis(200);
 /// The `sh` put checks the sandbox clock (one `date` process, on the answer's path) only for an
@@ -110,11 +106,6 @@ pub const RELAY_SWEEP_INTERVAL: Duration = Duration::from_secs(10);
 pub const MAX_SWEEP_IDS: usize = 256;
 /// How long after the gateway's deadline the relay sweeps what is left of a request.
 const SWEEP_GRACE: Duration = Duration::from_secs(2);
-
-/// The margin between the relay's deadline and a gateway timeout of `t`.
-pub fn deadline_margin(t: Duration) -> Duration {
-    (t / 10).min(MARGIN_MAX).max(MARGIN_MIN.min(t / 2))
-}
 
 /// What the relay loop shares with its forwarding tasks.
 struct Core {
@@ -1393,39 +1384,6 @@ async fn response_file(id: &str, response: Response<Logged>) -> Vec<u8> {
 mod tests {
     use super::*;
 
-    fn request(headers: &[(&str, &str)]) -> RequestFile {
-        RequestFile {
-            id: "a".into(),
-            method: "POST".into(),
-            path: "/x".into(),
-            query: String::new(),
-            headers: headers
-                .iter()
-                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-                .collect(),
-            body: String::new(),
-            body_encoding: None,
-            created_at: String::new(),
-            response_timeout_ms: None,
-        }
-    }
-
-    #[test]
-    fn file_framing_headers_are_replaced_by_the_decoded_length() {
-        let f = request(&[("content-length", "999"), ("transfer-encoding", "chunked")]);
-        let h = file_headers(&f, 5).unwrap();
-        assert_eq!(h.get(CONTENT_LENGTH).unwrap(), "5");
-        assert!(h.get(http::header::TRANSFER_ENCODING).is_none());
-        let h = file_headers(&f, 0).unwrap();
-        assert!(h.get(CONTENT_LENGTH).is_none());
-    }
-
-    #[test]
-    fn invalid_header_names_or_values_are_bad_requests() {
-        assert!(file_headers(&request(&[("bad name", "x")]), 0).is_err());
-        assert!(file_headers(&request(&[("accept", "a\r\nb")]), 0).is_err());
-    }
-
     #[test]
     fn the_relays_deadline_comes_a_margin_before_the_gateways() {
         assert_eq!(
@@ -1488,6 +1446,39 @@ mod tests {
             (t.forward_by, t.not_after),
             (now + Duration::from_secs(27), None)
         );
+    }
+
+    fn request(headers: &[(&str, &str)]) -> RequestFile {
+        RequestFile {
+            id: "a".into(),
+            method: "POST".into(),
+            path: "/x".into(),
+            query: String::new(),
+            headers: headers
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+            body: String::new(),
+            body_encoding: None,
+            created_at: String::new(),
+            response_timeout_ms: None,
+        }
+    }
+
+    #[test]
+    fn file_framing_headers_are_replaced_by_the_decoded_length() {
+        let f = request(&[("content-length", "999"), ("transfer-encoding", "chunked")]);
+        let h = file_headers(&f, 5).unwrap();
+        assert_eq!(h.get(CONTENT_LENGTH).unwrap(), "5");
+        assert!(h.get(http::header::TRANSFER_ENCODING).is_none());
+        let h = file_headers(&f, 0).unwrap();
+        assert!(h.get(CONTENT_LENGTH).is_none());
+    }
+
+    #[test]
+    fn invalid_header_names_or_values_are_bad_requests() {
+        assert!(file_headers(&request(&[("bad name", "x")]), 0).is_err());
+        assert!(file_headers(&request(&[("accept", "a\r\nb")]), 0).is_err());
     }
 
     #[test]

@@ -69,10 +69,10 @@ pub const AUTHORITY: &str = "bridge.internal";
 /// §6.2). Paperclip's gateway sends none and waits without a deadline.
 pub const WAIT_HEADER: &str = "x-callback-bridge-wait-ms";
 
-/// The relay's upstream deadline for a gateway that waits `gateway_wait`: a margin earlier — 5 s,
-/// or a quarter of the wait when that is shorter — so the default 35 s gives 30 s.
+/// The relay's upstream deadline for a gateway that waits `gateway_wait`: the relays' one margin
+/// earlier ([`super::deadline_margin`]), so the default 35 s gives 31.5 s.
 pub fn relay_deadline(gateway_wait: Duration) -> Duration {
-    gateway_wait.saturating_sub(Duration::from_secs(5).min(gateway_wait / 4))
+    gateway_wait.saturating_sub(super::deadline_margin(gateway_wait))
 }
 
 /// The upstream deadline a transport asks for one request (a request extension the forwarder
@@ -88,15 +88,15 @@ mod tests {
     fn the_relay_answers_a_margin_before_the_gateway_gives_up() {
         assert_eq!(
             relay_deadline(Duration::from_secs(35)),
-            Duration::from_secs(30)
+            Duration::from_millis(31_500)
         );
         assert_eq!(
             relay_deadline(Duration::from_secs(30)),
-            Duration::from_secs(25)
+            Duration::from_secs(27)
         );
         assert_eq!(
             relay_deadline(Duration::from_secs(2)),
-            Duration::from_millis(1500)
+            Duration::from_secs(1)
         );
         assert_eq!(relay_deadline(Duration::ZERO), Duration::ZERO);
     }
