@@ -195,7 +195,14 @@ exec sh -c "$1"
         wait_until("the doomed spare's end", || {
             relay.stderr_text().contains("exec channel lost")
         });
-        assert_eq!(up.count_path("/api/agents/me"), 4, "each forwarded once");
+        // Each GET reached the upstream; one whose answer the dead spare was carrying may be
+        // forwarded once more by the recovery that follows a failed command (safe methods only,
+        // docs/queue-transport.md "The hand-off"), never more.
+        let forwarded = up.count_path("/api/agents/me");
+        assert!(
+            (4..=5).contains(&forwarded),
+            "helper {helper}: forwarded {forwarded} times for 4 requests"
+        );
         wait_until("no claim or answer left", || {
             Sandbox::list(&sb.requests()).is_empty() && Sandbox::list(&sb.responses()).is_empty()
         });
