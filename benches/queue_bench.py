@@ -22,34 +22,14 @@ import tempfile
 import threading
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from exec_economy import pct, ready_line  # noqa: E402 - one copy of the shared helpers
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TARGET = os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target"))
 BIN = os.path.join(TARGET, "release", "callback-bridge")
 UPSTREAM = os.path.join(TARGET, "release", "examples", "bench_upstream")
 TOKEN = "bench-token-0123456789"
-READY_TIMEOUT = 30.0
-
-
-def ready_line(proc):
-    """The first stdout line that is a JSON readiness event (bounded by READY_TIMEOUT)."""
-    result = {}
-
-    def read():
-        for line in proc.stdout:
-            try:
-                doc = json.loads(line)
-            except ValueError:
-                continue
-            if doc.get("event") == "ready":
-                result["doc"] = doc
-                return
-
-    t = threading.Thread(target=read, daemon=True)
-    t.start()
-    t.join(READY_TIMEOUT)
-    if "doc" not in result:
-        raise SystemExit(f"no ready line from {proc.args}")
-    return result["doc"]
 
 
 def start(args, env, log):
@@ -83,14 +63,6 @@ def agent(url, n, latencies, errors):
     conn.close()
 
 
-def pct(values, p):
-    values = sorted(values)
-    if not values:
-        return float("nan")
-    k = min(len(values) - 1, max(0, int(round(p / 100.0 * (len(values) - 1)))))
-    return values[k]
-
-
 def run(prefix_kind, agents, per_agent, workdir, upstream_url, helper=False):
     tag = f"{prefix_kind}-{agents}-{'helper' if helper else 'sh'}"
     queue = os.path.join(workdir, f"q-{tag}")
@@ -111,7 +83,7 @@ def run(prefix_kind, agents, per_agent, workdir, upstream_url, helper=False):
         {"CALLBACK_BRIDGE_TOKEN": TOKEN},
         logs,
     )
-    url = ready_line(gw)["url"]
+    url = ready_line(gw, "the gateway")["url"]
     relay = start(
         [BIN, "relay", "--transport", "queue", "--queue-dir", queue, "--upstream", upstream_url]
         + common
@@ -121,7 +93,7 @@ def run(prefix_kind, agents, per_agent, workdir, upstream_url, helper=False):
         {"CALLBACK_BRIDGE_UPSTREAM_TOKEN": "bench-upstream-secret"},
         logs,
     )
-    ready_line(relay)
+    ready_line(relay, "the relay")
     try:
         # Warm-up: connections, caches.
         agent(url, 5, [], [])
@@ -171,7 +143,7 @@ def main():
             [UPSTREAM, "127.0.0.1:0"], stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True
         )
         try:
-            upstream_url = ready_line(up)["url"]
+            upstream_url = ready_line(up, "the upstream")["url"]
             rows = [run("sh", 1, per_agent[1], workdir, upstream_url)]
             for n in (1, 10, 50):
                 rows.append(run("count", n, per_agent[n], workdir, upstream_url))
