@@ -82,3 +82,28 @@ impl TransportError {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_relays_deadline_comes_a_margin_before_the_gateways() {
+        assert_eq!(
+            deadline_margin(Duration::from_secs(30)),
+            Duration::from_secs(3)
+        );
+        assert_eq!(
+            deadline_margin(Duration::from_secs(3)),
+            Duration::from_secs(1)
+        );
+        assert_eq!(
+            deadline_margin(Duration::from_secs(1)),
+            Duration::from_millis(500)
+        );
+        assert_eq!(
+            deadline_margin(Duration::from_secs(300)),
+            Duration::from_secs(5)
+        );
+    }
+}
